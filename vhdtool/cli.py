@@ -1,0 +1,115 @@
+"""The command line: a thin typer layer over the workflows.
+
+Heavy modules (numpy, construct, azure) are imported inside the commands, so that `--help`
+and start-up stay fast. Errors are one line on stderr with the documented exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vhdtool.errors import EXIT_UNUSABLE, VhdError
+
+app = typer.Typer(
+    name="vhdtool",
+    help=(
+        "Validate, convert, snapshot and upload VHD disk images to Azure.\n\n"
+        "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+
+
+class CreateType(str, Enum):
+    fixed = "fixed"
+    dynamic = "dynamic"
+
+
+def emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def size_arg(text: str) -> int:
+    from vhdtool.units import parse_size
+
+    return parse_size(text)
+
+
+@app.command()
+def info(
+    image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
+    raw: Annotated[bool, typer.Option("--raw", help="Treat IMAGE as a raw disk image.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show every footer and header field, sizes, allocation and the parent chain."""
+    from vhdtool.info import describe
+    from vhdtool.report import print_info
+
+    data = describe(str(image), raw=raw)
+    emit_json(data) if as_json else print_info(data)
+
+
+@app.command()
+def create(
+    out: Annotated[Path, typer.Argument(help="The VHD file to create.")],
+    size: Annotated[str, typer.Option("--size", help="Virtual size: 20GiB, 512MiB, 1073741824.")],
+    disk_type: Annotated[CreateType, typer.Option("--type", help="fixed (sparse on disk) or dynamic.")] = CreateType.fixed,
+    block_size: Annotated[str, typer.Option("--block-size", help="Dynamic block size.")] = "2MiB",
+    force: ForceOpt = False,
+) -> None:
+    """Create an empty VHD that qemu-img, libvhdi, Hyper-V and Azure read at exactly SIZE.
+
+    The footer names creator "win " with spec CHS geometry, so every reader (qemu-img 7.2
+    included) takes the footer's size as the disk size.
+    """
+    from vhdtool.create import create as do_create
+    from vhdtool.format.footer import DiskType
+
+    kind = DiskType.FIXED if disk_type == CreateType.fixed else DiskType.DYNAMIC
+    footer, warnings = do_create(out, size_arg(size), kind, block_size=size_arg(block_size), force=force)
+    for w in warnings:
+        typer.echo(f"vhdtool: warning: {w}", err=True)
+    typer.echo(f"created {out}: {disk_type.value} VHD, {footer.current_size:,} bytes")
+
+
+def main() -> None:
+    """Console entry point: one-line errors and documented exit codes, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except VhdError as exc:
+        typer.echo(f"vhdtool: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("vhdtool: interrupted", err=True)
+        sys.exit(130)
+    except OSError as exc:
+        name = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"vhdtool: error: {name}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_UNUSABLE)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(EXIT_UNUSABLE)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

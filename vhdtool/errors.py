@@ -1,0 +1,23 @@
+"""The project's own error type and its documented exit codes."""
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # check found problems
+EXIT_UNUSABLE = 2  # unusable input or usage
+
+
+class VhdError(Exception):
+    """A failure the user can act on: one line, naming the file and the problem.
+
+    Every parse of untrusted bytes raises this (or a subclass), never anything else.
+    """
+
+    exit_code = EXIT_UNUSABLE
+
+    def __init__(self, message: str, path: object | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+        self.detail = message
+
+
+class FormatError(VhdError):
+    """The bytes are not a VHD structure we can use (bad cookie, checksum, bounds)."""

@@ -1,0 +1,1 @@
+"""Pure VHD on-disk structures: bytes in, objects out, objects to bytes."""

@@ -1,0 +1,108 @@
+"""`vhdtool info`: every footer and header field decoded, plus sizes and the parent chain."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from construct import Container
+
+from vhdtool.format.bat import UNALLOCATED
+from vhdtool.format.footer import CREATORS, HOST_OSES, DiskType, creator_text, footer_checksum, build_footer, geometry
+from vhdtool.format.header import header_checksum, build_header, locator_data_space, parent_name
+from vhdtool.format.timestamp import to_datetime
+from vhdtool.image import Disk, SparseDisk, open_disk, qemu_7_2_size
+
+
+def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
+    """Everything `info` shows, as plain JSON-able data."""
+    with open_disk(path, raw=raw) as disk:
+        out = describe_disk(disk)
+        if disk.parent is not None:
+            out["parent_chain"] = [describe_disk(p) for p in disk.chain()[1:]]
+        return out
+
+
+def describe_disk(disk: Disk) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": str(disk.path),
+        "type": disk.kind,
+        "virtual_size": disk.virtual_size,
+        "file_size": disk.file_size,
+        "allocated_on_disk": disk.stat.st_blocks * 512,
+    }
+    if disk.footer is not None:
+        out["footer"] = footer_fields(disk.footer)
+        out["qemu_7_2_virtual_size"] = qemu_7_2_size(disk.footer)
+    if isinstance(disk, SparseDisk):
+        out["dynamic_header"] = header_fields(disk)
+        out["block_size"] = disk.block_size
+        out["block_count"] = len(disk.bat)
+        out["allocated_blocks"] = int((disk.bat != UNALLOCATED).sum())
+    return out
+
+
+def footer_fields(f: Container) -> dict[str, Any]:
+    chs = geometry(f)
+    return {
+        "cookie": f.cookie.decode("latin-1"),
+        "features": f"0x{f.features:08x}",
+        "format_version": version_text(f.format_version),
+        "data_offset": f.data_offset,
+        "timestamp": iso(f.timestamp),
+        "creator_application": creator_text(f.creator_application),
+        "creator_name": CREATORS.get(f.creator_application, "unknown"),
+        "creator_version": version_text(f.creator_version),
+        "creator_host_os": HOST_OSES.get(f.creator_host_os, creator_text(f.creator_host_os)),
+        "original_size": f.original_size,
+        "current_size": f.current_size,
+        "geometry": {
+            "cylinders": chs.cylinders,
+            "heads": chs.heads,
+            "sectors_per_track": chs.sectors_per_track,
+            "capacity": chs.capacity,
+        },
+        "disk_type": DiskType(f.disk_type).name.lower() if f.disk_type in DiskType._value2member_map_ else f.disk_type,
+        "checksum": f"0x{f.checksum:08x}",
+        "checksum_valid": footer_checksum(build_footer(f)) == f.checksum,
+        "unique_id": str(uuid.UUID(bytes=f.unique_id)),
+        "saved_state": bool(f.saved_state),
+    }
+
+
+def header_fields(disk: SparseDisk) -> dict[str, Any]:
+    from vhdtool.parents import locator_paths
+
+    h = disk.header
+    paths = dict(locator_paths(disk))
+    return {
+        "cookie": h.cookie.decode("latin-1"),
+        "table_offset": h.table_offset,
+        "header_version": version_text(h.header_version),
+        "max_table_entries": h.max_table_entries,
+        "block_size": h.block_size,
+        "checksum": f"0x{h.checksum:08x}",
+        "checksum_valid": header_checksum(build_header(h)) == h.checksum,
+        "parent_unique_id": str(uuid.UUID(bytes=h.parent_unique_id)),
+        "parent_timestamp": iso(h.parent_timestamp),
+        "parent_name": parent_name(h),
+        "parent_locators": [
+            {
+                "platform_code": creator_text(loc.platform_code),
+                "data_space": locator_data_space(loc),
+                "data_length": loc.platform_data_length,
+                "data_offset": loc.platform_data_offset,
+                "path": paths.get(loc.platform_code.decode("latin-1")),
+            }
+            for loc in h.parent_locators
+            if loc.platform_code != b"\0\0\0\0"
+        ],
+    }
+
+
+def version_text(v: int) -> str:
+    return f"{v >> 16}.{v & 0xFFFF}"
+
+
+def iso(ts: int) -> str:
+    return to_datetime(ts).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,97 @@
+"""Range math, in one place: half-open byte ranges (start, end), sorted and disjoint.
+
+Everything that decides which bytes to read, write or send goes through these helpers.
+"""
+
+import errno
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+Range = tuple[int, int]
+
+
+def data_extents(fd: int, start: int, end: int) -> Iterator[Range]:
+    """The parts of [start, end) of a file that the filesystem says hold data.
+
+    Uses SEEK_DATA/SEEK_HOLE; a filesystem without them reports the whole range as data.
+    Bytes past EOF are not data.
+    """
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, min(end, os.fstat(fd).st_size)
+                return
+            raise
+        if data >= end:
+            return
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        yield data, min(hole, end)
+        pos = hole
+
+
+def merge(ranges: Iterable[Range]) -> Iterator[Range]:
+    """Join sorted ranges that touch or overlap; drop empty ones."""
+    current: Range | None = None
+    for start, end in ranges:
+        if start >= end:
+            continue
+        if current is None:
+            current = (start, end)
+        elif start <= current[1]:
+            current = (current[0], max(current[1], end))
+        else:
+            yield current
+            current = (start, end)
+    if current is not None:
+        yield current
+
+
+def union(a: Iterable[Range], b: Iterable[Range]) -> Iterator[Range]:
+    """Union of two sorted range streams."""
+    import heapq
+
+    return merge(heapq.merge(a, b))
+
+
+def intersect(a: Iterable[Range], b: Iterable[Range]) -> Iterator[Range]:
+    """Intersection of two sorted, disjoint range streams."""
+    ia, ib = iter(a), iter(b)
+    ra, rb = next(ia, None), next(ib, None)
+    while ra is not None and rb is not None:
+        start, end = max(ra[0], rb[0]), min(ra[1], rb[1])
+        if start < end:
+            yield start, end
+        if ra[1] <= rb[1]:
+            ra = next(ia, None)
+        else:
+            rb = next(ib, None)
+
+
+def clip(ranges: Iterable[Range], start: int, end: int) -> Iterator[Range]:
+    for s, e in ranges:
+        s, e = max(s, start), min(e, end)
+        if s < e:
+            yield s, e
+
+
+def shift(ranges: Iterable[Range], delta: int) -> Iterator[Range]:
+    for s, e in ranges:
+        yield s + delta, e + delta
+
+
+def total(ranges: Iterable[Range]) -> int:
+    return sum(e - s for s, e in ranges)
+
+
+def true_runs(flags: np.ndarray, unit: int, base: int = 0) -> list[Range]:
+    """Byte ranges of the runs of True in `flags`, each flag covering `unit` bytes from `base`."""
+    padded = np.concatenate(([False], flags.astype(bool, copy=False), [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(base + int(s) * unit, base + int(e) * unit) for s, e in zip(edges[::2], edges[1::2])]

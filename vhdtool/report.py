@@ -1,0 +1,54 @@
+"""Human-readable output: aligned key/value tables, one section per structure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from vhdtool.units import format_size
+
+_SIZE_KEYS = {"virtual_size", "file_size", "allocated_on_disk", "original_size", "current_size",
+              "capacity", "block_size", "qemu_7_2_virtual_size"}
+
+
+def value_text(key: str, value: Any) -> str:
+    if key in _SIZE_KEYS and isinstance(value, int):
+        return format_size(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+_LABELS = {"qemu_7_2_virtual_size": "qemu-img 7.2 reads"}
+
+
+def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
+    pad = " " * indent
+    typer.echo(f"{pad}{title}")
+    width = max((len(k) for k in rows), default=0)
+    for key, value in rows.items():
+        if isinstance(value, list):
+            continue
+        label = _LABELS.get(key, key.replace("_", " "))
+        typer.echo(f"{pad}  {label:<{width}}  {value_text(key, value)}")
+
+
+def print_info(data: dict[str, Any]) -> None:
+    summary = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    print_table(f"{data['path']}", summary)
+    if "footer" in data:
+        print_table("Footer", data["footer"])
+    if "dynamic_header" in data:
+        header = data["dynamic_header"]
+        print_table("Dynamic header", header)
+        for loc in header["parent_locators"]:
+            typer.echo(f"  locator {loc['platform_code']}: {loc['path']!r} "
+                       f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
+    for parent in data.get("parent_chain", []):
+        print_table(f"Parent {parent['path']}", {k: v for k, v in parent.items()
+                                                 if not isinstance(v, (dict, list))})
+        if "footer" in parent:
+            typer.echo(f"  unique id  {parent['footer']['unique_id']}")
