@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from vhdtool.errors import VhdError
 
@@ -32,10 +32,20 @@ DEV_BLOB_ENDPOINT = f"http://127.0.0.1:10000/{DEV_ACCOUNT_NAME}"
 
 _CONTAINER_RE = re.compile(r"^(?:\$root|\$logs|\$web|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62})$")
 _MAX_BLOB_NAME = 1024
+# Keys Azure tools write into storage connection strings (compared lower-case).
+_CONNECTION_KEYS = frozenset(
+    k.lower()
+    for k in (
+        "DefaultEndpointsProtocol AccountName AccountKey EndpointSuffix SharedAccessSignature"
+        " UseDevelopmentStorage DevelopmentStorageProxyUri BlobEndpoint BlobSecondaryEndpoint"
+        " QueueEndpoint QueueSecondaryEndpoint TableEndpoint TableSecondaryEndpoint FileEndpoint"
+        " FileSecondaryEndpoint DfsEndpoint DfsSecondaryEndpoint"
+    ).split()
+)
 
 _REDACTIONS = (
     # SAS signature, plain or percent-encoded inside another URL.
-    (re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>]+"), r"\1REDACTED"),
+    (re.compile(r"(?i)((?<![a-z_])sig(?:=|%3D))[^&\s'\"<>]+"), r"\1REDACTED"),
     # Connection-string account key.
     (re.compile(r"(?i)(\bAccountKey=)[^;\s'\"<>]+"), r"\1REDACTED"),
     # Key in a credential dict/kwarg repr: account_key='...'.
@@ -81,11 +91,18 @@ def _account_from_host(host: str) -> str | None:
     return label if dot and ".blob." in f".{rest}" else None
 
 
+def _urlsplit(url: str, problem: str) -> SplitResult:
+    try:
+        return urlsplit(url.strip())
+    except ValueError:  # e.g. an unbalanced '[' in an IPv6 host
+        raise VhdError(problem) from None
+
+
 def _split_url(url: str) -> tuple[str, str | None, list[str], str | None]:
     """Split a storage URL into (account URL, account name, remaining path segments, SAS)."""
     if not isinstance(url, str):
         raise VhdError("not a blob URL: expected https://<account>.blob.core.windows.net/...")
-    parts = urlsplit(url.strip())
+    parts = _urlsplit(url, "not a blob URL: the host part cannot be parsed")
     if "@" in parts.netloc:  # checked first: the userinfo may hold a password we must not echo
         raise VhdError("blob URL must not carry user:password@ credentials")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -107,7 +124,7 @@ def _split_url(url: str) -> tuple[str, str | None, list[str], str | None]:
 
 def _parse_endpoint(endpoint: str) -> tuple[str, str | None]:
     """A connection string's BlobEndpoint: (account URL, account name if the URL shows it)."""
-    parts = urlsplit(endpoint.strip())
+    parts = _urlsplit(endpoint, "malformed connection string: BlobEndpoint is not an http(s) URL")
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         raise VhdError("malformed connection string: BlobEndpoint is not an http(s) URL")
     if parts.query or parts.fragment:
@@ -151,6 +168,8 @@ def _parse_connection_string(conn_str: str) -> tuple[str, str | None, str | None
         key = key.strip().lower()
         if not sep or not key:
             raise VhdError(f"malformed connection string: part {index} is not Key=Value")
+        if key not in _CONNECTION_KEYS:  # not echoed: a stray pasted key would be the secret
+            raise VhdError(f"malformed connection string: part {index} has an unknown key")
         if key in settings:
             raise VhdError(f"malformed connection string: {key!r} given twice")
         settings[key] = value.strip()
