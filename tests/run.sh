@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the tests need (only what is missing), then run them.
+#   Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), python3-libvhdi (pyvhdi)
+#   PyPI:   vhdtool itself with its [test] extra
+#   npm:    Azurite, pinned, into ./.azurite
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+missing=()
+command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || missing+=(qemu-utils)
+command -v vhdiinfo >/dev/null || missing+=(libvhdi-utils)
+/usr/bin/python3 -c 'import pyvhdi' 2>/dev/null || missing+=(python3-libvhdi)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: needs Debian packages ${missing[*]}: run as root or 'sudo apt-get install ${missing[*]}'" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+python3 -m pip install -q -e '.[test]'
+python3 tests/azurite.py install >/dev/null
+exec python3 -m pytest -q "$@"
