@@ -21,3 +21,7 @@ class VhdError(Exception):
 
 class FormatError(VhdError):
     """The bytes are not a VHD structure we can use (bad cookie, checksum, bounds)."""
+
+
+class NotVhdError(FormatError):
+    """No VHD footer anywhere: the file may be a raw image."""

@@ -23,7 +23,7 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
-from vhdtool.errors import FormatError, VhdError
+from vhdtool.errors import FormatError, NotVhdError, VhdError
 from vhdtool.format.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors, parse_bat
 from vhdtool.format.footer import (
     COOKIE,
@@ -312,10 +312,10 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
 def _open_vhd(path: Path, fd: int, st: os.stat_result) -> Disk:
     size = st.st_size
     if size < SHORT_FOOTER_SIZE:
-        raise FormatError(f"file is {size} bytes, too small to be a VHD (a footer is 512)", path)
+        raise NotVhdError(f"file is {size} bytes, too small to be a VHD (a footer is 512)", path)
     found = locate_footer(fd, size)
     if found is None:
-        raise FormatError("not a VHD: no 'conectix' footer at the end or start of the file", path)
+        raise NotVhdError("not a VHD: no 'conectix' footer at the end or start of the file", path)
     footer = found.footer
     if footer_checksum(found.raw) != footer.checksum:
         raise FormatError(

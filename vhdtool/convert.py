@@ -1,0 +1,111 @@
+"""`vhdtool convert`: any image to fixed, dynamic or raw, writing only non-zero data.
+
+One pass through the engine: allocated data is read once, zero pages are dropped, and what
+is left goes to a sparse output (fixed, raw) or into the blocks of a dynamic writer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from vhdtool.engine import Source, nonzero_data, progress_bar, scan
+from vhdtool.errors import NotVhdError, VhdError
+from vhdtool.fixed import FixedImage
+from vhdtool.format.footer import FOOTER_SIZE, DiskType, new_footer
+from vhdtool.format.header import DEFAULT_BLOCK_SIZE
+from vhdtool.image import Disk, open_disk
+from vhdtool.output import atomic_file
+from vhdtool.sink import sparse_output
+from vhdtool.writer import SparseImageWriter
+
+SECTOR = 512
+RAW_SUFFIXES = (".raw", ".img")
+
+
+class Format(str, Enum):
+    fixed = "fixed"
+    dynamic = "dynamic"
+    raw = "raw"
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    virtual_size: int
+    data_bytes: int  # non-zero bytes written
+
+
+def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
+    """Open SRC as a VHD or a raw image; returns the disk and the rule that decided.
+
+    Raw only when asked (`--from raw`) or when the file has no VHD footer and its name ends
+    in .raw or .img: a damaged VHD must never be taken for raw data.
+    """
+    path = Path(path)
+    if given == "raw":
+        return open_disk(path, raw=True), "read as raw (--from raw)"
+    try:
+        return open_disk(path), "read as VHD"
+    except NotVhdError:
+        if given is None and path.suffix.lower() in RAW_SUFFIXES:
+            return open_disk(path, raw=True), f"read as raw (no VHD footer, name ends in {path.suffix})"
+        raise
+
+
+def sector_size(n: int) -> int:
+    return -(-n // SECTOR) * SECTOR
+
+
+def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:
+    """Copy `source`'s non-zero runs into a sparse file of its size."""
+    with progress_bar(source, label) as progress, sparse_output(dest, source.virtual_size, force=force) as out:
+        for offset, data in nonzero_data(scan(source, progress=progress)):
+            out.put(offset, data)
+    return Converted(out.path, source.virtual_size, out.written)
+
+
+def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uuid: bool,
+                  force: bool) -> Converted:
+    """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
+    if block_size < SECTOR or block_size & (block_size - 1):
+        raise VhdError(f"block size {block_size:,} is not a power of two of at least 512")
+    unique_id = disk.footer.unique_id if keep_uuid and disk.footer is not None else None
+    footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
+    written = 0
+    with progress_bar(disk, "convert") as progress, atomic_file(dest, force=force) as out:
+        writer = SparseImageWriter(out.fd, size, block_size=block_size, footer=footer)
+        for offset, data in nonzero_data(scan(disk, progress=progress)):
+            writer.write(offset, data)
+            written += len(data)
+        writer.finish()
+    return Converted(out.path, size, written)
+
+
+def convert(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    to: Format,
+    *,
+    from_: str | None = None,
+    size: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    keep_uuid: bool = False,
+    force: bool = False,
+) -> Converted:
+    """Convert SRC to DEST; `size` (default: the source's, rounded to a sector) may grow it."""
+    dest = Path(dest)
+    disk, _ = open_source(src, from_)
+    with disk:
+        if dest.exists() and dest.resolve() in {d.path.resolve() for d in disk.chain()}:
+            raise VhdError("is the source itself: choose another output", dest)
+        size = sector_size(disk.virtual_size) if size is None else size
+        if to == Format.raw:
+            return write_sparse(disk, dest, force=force, label="convert")
+        if to == Format.fixed:
+            fixed = FixedImage(disk, size, keep_uuid=keep_uuid)
+            done = write_sparse(fixed, dest, force=force, label="convert")
+            return Converted(done.path, size, done.data_bytes)
+        return write_dynamic(disk, dest, size, block_size=block_size, keep_uuid=keep_uuid, force=force)
