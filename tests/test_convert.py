@@ -127,3 +127,12 @@ def test_full_disk_leaves_no_partial_output(tmp_path):
         assert list(mnt.iterdir()) == []
     finally:
         run("umount", str(mnt), check=False)
+
+
+def test_force_to_a_new_name_and_over_an_old_one(tmp_path):
+    out = tmp_path / "o.vhd"
+    for _ in range(2):  # the first run has nothing to replace, the second replaces it
+        proc = vhdtool("convert", str(FIXTURES / "windows-fixed-10m.vhd"), str(out), "--to", "fixed", "--force")
+        assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["o.vhd"]
+    assert content(out) == content(FIXTURES / "windows-fixed-10m.vhd")

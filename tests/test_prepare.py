@@ -1,0 +1,96 @@
+"""`vhdtool prepare`: any fixture to an image that passes check --target azure."""
+
+import json
+
+import pytest
+
+import make_fixtures
+from conftest import FIXTURES
+from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
+from vhdtool.image import open_disk
+
+MiB = 1024 * 1024
+VHDS = sorted(FIXTURES.glob("*.vhd"))
+
+
+def content(path, **kw):
+    with open_disk(path, **kw) as disk:
+        return disk.read(0, disk.virtual_size)
+
+
+def check_json(path, target="azure"):
+    proc = vhdtool("check", str(path), "--target", target, "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_qemu_1g_fixed_becomes_the_next_whole_mib(tmp_path):
+    src = tmp_path / "q.vhd"
+    run("qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat=fixed", str(src), "1G")
+    run("qemu-io", "-f", "vpc", "-c", "write -P 0x5a 0 64k", "-c", "write -P 0xa5 1073930240 64k", str(src))
+    assert check_json(src)[0] == 1  # not a whole number of MiB
+    proc = vhdtool("prepare", str(src))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "q-azure.vhd"
+    assert "1,073,995,776 bytes" in proc.stdout and "1,074,790,400 bytes" in proc.stdout
+    assert out.stat().st_size == 1_074_790_400 + 512
+    assert out.stat().st_blocks * 512 <= 256 * 1024  # only the data and the footer
+    assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 1_074_790_400
+    with open_disk(out) as disk, open_disk(src) as orig:
+        assert disk.read(0, 65536) == orig.read(0, 65536) == b"\x5a" * 65536
+        assert disk.read(1073930240, 65536) == b"\xa5" * 65536
+        assert not any(disk.read(1_073_995_776, 1_074_790_400 - 1_073_995_776))
+    assert check_json(out) == (0, check_json(out)[1])
+
+
+@pytest.mark.parametrize("src", VHDS, ids=lambda p: p.name)
+def test_every_fixture_prepares_to_a_passing_image(tmp_path, src):
+    out = tmp_path / "out.vhd"
+    proc = vhdtool("prepare", str(src), "-o", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    code, report = check_json(out)
+    assert code == 0 and report["counts"]["error"] == 0, report
+    size = report["virtual_size"]
+    assert size % MiB == 0 and vhdi_info(out)["virtual_size"] == size
+    # Azure's own "wa" image already passes and is copied as is; qemu 7.2 reads it by CHS.
+    assert qemu_info(out)["virtual-size"] == (4_177_920 if src.name.startswith("azure-wa") else size)
+    expected = make_fixtures.chain_expected().get(src.name) or content(src)
+    got = vhdi_read([out])
+    assert got[: len(expected)] == expected and not any(got[len(expected) :])
+
+
+def test_already_passing_source_is_left_alone(tmp_path):
+    src = FIXTURES / "windows-fixed-10m.vhd"
+    proc = vhdtool("prepare", str(src))
+    assert proc.returncode == 0 and "already passes check --target azure: nothing written" in proc.stdout
+    assert not (FIXTURES / "windows-fixed-10m-azure.vhd").exists()
+    out = tmp_path / "copy.vhd"
+    assert vhdtool("prepare", str(src), "-o", str(out)).returncode == 0
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_windows_dynamic_fails_check_then_prepares(tmp_path):
+    src = FIXTURES / "windows-dynamic-10m.vhd"
+    code, report = check_json(src)
+    assert code == 1 and any("vhdtool prepare" in (f["fix"] or "") for f in report["findings"])
+    out = tmp_path / "w.vhd"
+    assert vhdtool("prepare", str(src), "-o", str(out)).returncode == 0
+    assert check_json(out)[0] == 0 and content(out) == content(src)
+
+
+def test_raw_rule_is_stated_and_managed_disk_minimum(tmp_path):
+    proc = vhdtool("prepare", str(FIXTURES / "raw-3m.img"), "-o", str(tmp_path / "r.vhd"),
+                   "--target", "azure-managed-disk")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "read as raw (no VHD footer, name ends in .img)" in proc.stdout
+    assert check_json(tmp_path / "r.vhd", "azure-managed-disk")[1]["virtual_size"] == 20 * MiB
+    assert content(tmp_path / "r.vhd")[: 3 * MiB] == (FIXTURES / "raw-3m.img").read_bytes()
+
+
+def test_bad_input(tmp_path):
+    bad = tmp_path / "bad.vhd"
+    bad.write_bytes(b"\x01" * 4096)
+    proc = vhdtool("prepare", str(bad))
+    assert proc.returncode == 2 and "not a VHD" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vhd"]
+    proc = vhdtool("prepare", str(FIXTURES / "windows-dynamic-10m.vhd"), "--target", "generic")
+    assert proc.returncode == 2 and "is not one of azure, azure-managed-disk" in proc.stderr
