@@ -79,3 +79,17 @@ def test_usage_errors(tmp_path, args):
     path = copy(tmp_path, "windows-fixed-10m.vhd")
     proc = vhdtool("resize", str(path), *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_output_copy_leaves_the_source_alone(tmp_path):
+    src = FIXTURES / "qemu-fixed-2m.vhd"
+    original = src.read_bytes()
+    out = tmp_path / "aligned.vhd"
+    proc = vhdtool("resize", str(src), "--align", "1MiB", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert src.read_bytes() == original
+    assert qemu_info(out)["virtual-size"] == 3 * MiB
+    assert content(out, tmp_path)[: len(original) - 512] == original[:-512]
+    proc = vhdtool("resize", str(src), "--size", "1MiB", "--allow-shrink", "-o", str(tmp_path / "s.vhd"))
+    assert proc.returncode == 2 and "cuts off non-zero data" in proc.stderr
+    assert not (tmp_path / "s.vhd").exists()

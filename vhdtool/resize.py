@@ -73,28 +73,40 @@ def resize(
     *,
     size: int | None = None,
     align: int | None = None,
+    out: str | os.PathLike | None = None,
     allow_shrink: bool = False,
     force: bool = False,
 ) -> Resized:
-    """Resize the image at `path` in place."""
+    """Resize the image at `path` in place, or a sparse copy of it at `out`.
+
+    Every refusal is decided on the source first, so a refused resize writes nothing.
+    """
     path = Path(path)
     with open_disk(path) as disk:
         old = disk.virtual_size
         new = target_size(old, size, align)
-        if new == old:
-            return Resized(path, old, new)
-        if disk.kind == "differencing":
+        if disk.kind == "differencing" and new != old:
             raise VhdError("a differencing image takes its parent's size: "
                            "merge it first (vhdtool convert --to fixed)", path)
         if new < old:
             refuse_shrink(disk, new, allow_shrink, force)
-        with open(path, "r+b", buffering=0) as f:
-            if isinstance(disk, SparseDisk):
-                resize_dynamic(f.fileno(), disk, new)
-            else:
-                resize_fixed(f.fileno(), disk, new)
-            os.fsync(f.fileno())
+    if out is not None:
+        from vhdtool.snapshot import snapshot
+
+        path = snapshot(path, out, force=force).path
+    if new != old:
+        with open_disk(path) as disk:
+            apply(path, disk, new)
     return Resized(path, old, new)
+
+
+def apply(path: Path, disk: Disk, new: int) -> None:
+    with open(path, "r+b", buffering=0) as f:
+        if isinstance(disk, SparseDisk):
+            resize_dynamic(f.fileno(), disk, new)
+        else:
+            resize_fixed(f.fileno(), disk, new)
+        os.fsync(f.fileno())
 
 
 class Window:
