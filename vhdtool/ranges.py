@@ -1,6 +1,8 @@
 """Range math, in one place: half-open byte ranges (start, end), sorted and disjoint.
 
-Everything that decides which bytes to read, write or send goes through these helpers.
+Everything that decides which bytes to read, write or send goes through these helpers,
+including the page rounding (512-byte Azure pages) and the cutting into bounded pieces
+(4 MiB Put Page requests, read chunks) that the engine and the sinks rely on.
 """
 
 import errno
@@ -95,3 +97,21 @@ def true_runs(flags: np.ndarray, unit: int, base: int = 0) -> list[Range]:
     padded = np.concatenate(([False], flags.astype(bool, copy=False), [False]))
     edges = np.flatnonzero(padded[1:] != padded[:-1])
     return [(base + int(s) * unit, base + int(e) * unit) for s, e in zip(edges[::2], edges[1::2])]
+
+
+def align(ranges: Iterable[Range], unit: int, limit: int) -> Iterator[Range]:
+    """Widen sorted ranges outward to whole `unit`s, clipped to [0, limit), joined when they meet.
+
+    The end of the last range stays at `limit` when `limit` is not a multiple of `unit`.
+    """
+    return merge((s // unit * unit, min(-(-e // unit) * unit, limit)) for s, e in clip(ranges, 0, limit))
+
+
+def cut(ranges: Iterable[Range], step: int) -> Iterator[Range]:
+    """Cut ranges at every multiple of `step`: pieces never cross a step boundary, so none is
+    longer than `step` and pieces of step-aligned ranges are step-aligned."""
+    for s, e in ranges:
+        while s < e:
+            piece_end = min(e, (s // step + 1) * step)
+            yield s, piece_end
+            s = piece_end
