@@ -84,6 +84,27 @@ def create(
     typer.echo(f"created {out}: {disk_type.value} VHD, {footer.current_size:,} bytes")
 
 
+@app.command()
+def check(
+    image: Annotated[Path, typer.Argument(help="The VHD to check.")],
+    target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate structure and suitability for TARGET before a long upload: every problem, why,
+    and the vhdtool command that fixes it. Exit 0 no errors, 1 errors, 2 not a usable VHD."""
+    from vhdtool.check import Target, check_image
+    from vhdtool.check.render import render_text
+
+    try:
+        chosen = Target(target)
+    except ValueError:
+        names = ", ".join(t.value for t in Target)
+        raise VhdError(f"--target: '{target}' is not one of {names}") from None
+    report = check_image(image, chosen)
+    emit_json(report.to_dict()) if as_json else typer.echo("\n".join(render_text(report)))
+    sys.exit(report.exit_code)
+
+
 def main() -> None:
     """Console entry point: one-line errors and documented exit codes, never a traceback."""
     try:

@@ -28,6 +28,18 @@ MAX_LOCATOR_BYTES = 64 * 1024  # a path; anything larger is a damaged locator
 LOCATOR_ORDER = (W2KU, W2RU, MACX)
 
 
+class ParentNotFound(FormatError):
+    """No file named by the locators or the parent name exists."""
+
+
+class ParentMismatch(FormatError):
+    """A candidate parent exists but its UUID is not the one the child was made from."""
+
+
+class ParentCycle(FormatError):
+    """The chain loops back on itself (or is implausibly deep)."""
+
+
 def locator_paths(disk: SparseDisk) -> list[tuple[str, str]]:
     """(source, path text) of every readable locator, in the order they are tried."""
     found = []
@@ -69,7 +81,7 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
     """Open the parent of `child` (recursively its own parents), verified by UUID."""
     seen = chain + [child.path.resolve()]
     if len(seen) > MAX_CHAIN_DEPTH:
-        raise FormatError(f"differencing chain deeper than {MAX_CHAIN_DEPTH}: a cycle?", child.path)
+        raise ParentCycle(f"differencing chain deeper than {MAX_CHAIN_DEPTH}: a cycle?", child.path)
     wanted = child.header.parent_unique_id
     mismatched: list[Path] = []
     tried: list[str] = []
@@ -79,7 +91,7 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
             if not candidate.is_file():
                 continue
             if candidate.resolve() in seen:
-                raise FormatError(f"differencing chain has a cycle through {candidate}", child.path)
+                raise ParentCycle(f"differencing chain has a cycle through {candidate}", child.path)
             parent = _open_candidate(candidate)
             if parent.footer.unique_id != wanted:
                 mismatched.append(candidate)
@@ -93,13 +105,13 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
                     raise
             return parent
     if mismatched:
-        raise FormatError(
+        raise ParentMismatch(
             f"parent {mismatched[0]} does not match: its UUID differs from the one this "
             "differencing image was made from (the parent was replaced or modified)",
             child.path,
         )
     where = "; ".join(tried) or "no locator and no parent name"
-    raise FormatError(f"parent image not found (tried {where})", child.path)
+    raise ParentNotFound(f"parent image not found (tried {where})", child.path)
 
 
 def _open_candidate(path: Path) -> Disk:

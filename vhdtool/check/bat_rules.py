@@ -1,0 +1,145 @@
+"""Block allocation table rules (vhd-util check vhd_util_check_bat, QEMU vpc_open).
+
+Every size involved comes from a possibly damaged file, so none is trusted for allocation:
+at most MAX_BAT_ENTRIES entries are read, and never more than lie inside the file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from construct import Container
+
+from vhdtool.check.findings import Report
+from vhdtool.check.header_rules import block_size_valid
+from vhdtool.check.source import VhdFile
+from vhdtool.format.bat import UNALLOCATED, bat_bytes, bitmap_bytes, parse_bat
+from vhdtool.format.footer import FOOTER_SIZE
+from vhdtool.format.header import HEADER_SIZE, PLATFORM_NONE, locator_data_space
+
+SECTOR = 512
+ENTRY = 4
+# 64 MiB of table. The largest VHD QEMU and Hyper-V open (2040 GiB) needs 16,711,680 entries
+# even with 128 KiB blocks; a header claiming more is damaged, and we do not allocate for it.
+MAX_BAT_ENTRIES = 1 << 24
+
+
+def plural(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def read_bat(report: Report, vf: VhdFile, header: Container) -> np.ndarray | None:
+    """The table entries that lie inside the file (bounded), or None if its offset is wrong."""
+    footer = vf.found.footer
+    entries, table = header.max_table_entries, header.table_offset
+    if block_size_valid(header.block_size):
+        needed = -(-footer.current_size // header.block_size)
+        if entries < needed:
+            report.add(
+                "bat.too-small",
+                f"the BAT has {entries:,} entries but the {footer.current_size:,}-byte disk needs "
+                f"{needed:,} blocks of {header.block_size:,} bytes: the end of the disk is not "
+                "addressable (QEMU: Page table too small)",
+            )
+    if entries > MAX_BAT_ENTRIES:
+        report.add(
+            "bat.too-large",
+            f"the header claims {entries:,} BAT entries ({entries * ENTRY:,} bytes of table); "
+            f"no VHD up to 2040 GiB needs more than {MAX_BAT_ENTRIES:,}: the header is "
+            f"damaged (QEMU: Max Table Entries too large). Only the entries inside the "
+            f"file, at most {MAX_BAT_ENTRIES:,}, are checked",
+        )
+    table_end = table + entries * ENTRY
+    if table == 0 or table % SECTOR:
+        report.add(
+            "bat.offset",
+            f"the BAT offset {table:,} is not a positive multiple of 512 (vhd-util check: "
+            "invalid table offset); its entries cannot be checked",
+        )
+        return None
+    header_offset = footer.data_offset
+    if table < FOOTER_SIZE or (table < header_offset + HEADER_SIZE and table_end > header_offset):
+        report.add(
+            "bat.offset",
+            f"the BAT (bytes {table:,}-{table_end:,}) overlaps the footer copy (0-511) or the "
+            f"dynamic header ({header_offset:,}-{header_offset + HEADER_SIZE - 1:,}); its "
+            "entries cannot be checked",
+        )
+        return None
+    if table_end > vf.data_end:
+        report.add(
+            "bat.beyond-eof",
+            f"the BAT ({entries:,} entries from offset {table:,}) ends at byte {table_end:,}, "
+            f"past the end of the data area at {vf.data_end:,} (vhd-util check: invalid table "
+            "offset)",
+        )
+    count = max(0, min(entries, MAX_BAT_ENTRIES, (vf.data_end - table) // ENTRY))
+    raw = vf.read(table, count * ENTRY)
+    return parse_bat(raw, len(raw) // ENTRY)
+
+
+def metadata_end(vf: VhdFile, header: Container, entries: int) -> int:
+    """End of footer copy, header, BAT and well-placed locator data: blocks must come after
+    (vhd-util vhd_end_of_headers)."""
+    ends = [FOOTER_SIZE, vf.found.footer.data_offset + HEADER_SIZE, header.table_offset + bat_bytes(entries)]
+    for loc in header.parent_locators:
+        end = loc.platform_data_offset + locator_data_space(loc)
+        if loc.platform_code != PLATFORM_NONE and end <= vf.data_end:
+            ends.append(end)
+    return max(ends)
+
+
+def check_entries(report: Report, vf: VhdFile, header: Container, bat: np.ndarray) -> None:
+    """Every used entry must point after the metadata, end before the footer, and not
+    overlap another block."""
+    if not block_size_valid(header.block_size):
+        return  # header.block-size was reported: block extents are unknown
+    span = bitmap_bytes(header.block_size) + header.block_size
+    blocks = np.flatnonzero(bat != UNALLOCATED)
+    starts = bat[blocks].astype(np.int64) * SECTOR
+    meta_end, data_end = metadata_end(vf, header, len(bat)), vf.data_end
+
+    inside = np.flatnonzero(starts < meta_end)
+    if inside.size:
+        i = inside[0]
+        report.add(
+            "bat.entry-in-metadata",
+            f"{plural(inside.size, 'BAT entry points', 'BAT entries point')} into the metadata "
+            f"(footer copy, header, BAT and locators end at byte {meta_end:,}); first: block "
+            f"{blocks[i]:,} at byte {starts[i]:,}. Writing it overwrites the metadata "
+            "(vhd-util check: clobbers headers)",
+        )
+    past = np.flatnonzero(starts >= data_end)
+    if past.size:
+        i = past[0]
+        report.add(
+            "bat.entry-past-eof",
+            f"{plural(past.size, 'BAT entry points', 'BAT entries point')} at or past the end "
+            f"of the data area (byte {data_end:,}); first: block {blocks[i]:,} at byte "
+            f"{starts[i]:,} (QEMU: free_data_block_offset points after the end of file)",
+        )
+    cut = np.flatnonzero((starts < data_end) & (starts + span > data_end))
+    if cut.size:
+        i = cut[0]
+        report.add(
+            "bat.block-truncated",
+            f"block {blocks[i]:,} occupies bytes {starts[i]:,}-{starts[i] + span:,} but the data "
+            f"area ends at byte {data_end:,}: the file was truncated inside it or it runs into "
+            f"the footer ({plural(cut.size, 'block', 'blocks')}; vhd-util check: clobbers footer)",
+        )
+    check_overlaps(report, blocks, starts, span)
+
+
+def check_overlaps(report: Report, blocks: np.ndarray, starts: np.ndarray, span: int) -> None:
+    order = np.argsort(starts, kind="stable")
+    sorted_starts = starts[order]
+    clash = np.flatnonzero(sorted_starts[1:] < sorted_starts[:-1] + span)
+    if clash.size:
+        j = clash[0]
+        a, b = blocks[order[j]], blocks[order[j + 1]]
+        report.add(
+            "bat.overlap",
+            f"blocks {a:,} and {b:,} overlap: block {a:,} occupies bytes {sorted_starts[j]:,}-"
+            f"{sorted_starts[j] + span:,} and block {b:,} starts at byte {sorted_starts[j + 1]:,} "
+            f"({plural(clash.size, 'overlapping pair', 'overlapping pairs')}): writing one "
+            "corrupts the other (vhd-util check: clobbers block)",
+        )

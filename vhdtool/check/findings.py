@@ -1,0 +1,180 @@
+"""What `check` reports: findings with stable codes, grouped in a report with a verdict.
+
+Codes are part of the interface (scripts and later commands match on them): never rename one.
+Each code has one fixed severity; a few mean the input cannot be checked at all (exit 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from vhdtool.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class Target(str, Enum):
+    AZURE = "azure"  # page blob holding a VM disk
+    AZURE_MANAGED_DISK = "azure-managed-disk"  # direct upload to a managed disk
+    GENERIC = "generic"  # structure and interoperability only
+
+
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+CODES: dict[str, Severity] = {
+    # The file itself
+    "file.missing": E,
+    "file.directory": E,
+    "file.not-regular": E,
+    "file.unreadable": E,
+    "file.read-error": E,
+    "file.empty": E,
+    "file.too-small": E,
+    "file.length": E,
+    # Footer
+    "footer.missing": E,
+    "footer.cookie": E,
+    "footer.checksum": E,
+    "footer.features": E,
+    "footer.features-unknown": E,
+    "footer.temporary": I,
+    "footer.version": E,
+    "footer.data-offset": E,
+    "footer.disk-type": E,
+    "footer.timestamp-future": W,
+    "footer.saved-state": W,
+    "footer.saved-state-invalid": E,
+    "footer.reserved": W,
+    "footer.null-uuid": W,
+    "footer.resized": I,
+    "footer.size-unaligned": E,
+    "footer.geometry": E,
+    "footer.geometry-max": W,
+    "footer.short": W,
+    "footer.tail-missing": E,
+    "footer.head-missing": E,
+    "footer.copies-differ": E,
+    # Fixed images
+    "fixed.truncated": E,
+    "fixed.extra-data": W,
+    "fixed.head-cookie": W,
+    # Dynamic header
+    "header.cookie": E,
+    "header.checksum": E,
+    "header.version": E,
+    "header.data-offset": E,
+    "header.block-size": E,
+    "header.reserved": W,
+    "header.parent-fields": W,
+    # Block allocation table
+    "bat.offset": E,
+    "bat.beyond-eof": E,
+    "bat.too-small": E,
+    "bat.too-large": E,
+    "bat.entry-in-metadata": E,
+    "bat.entry-past-eof": E,
+    "bat.block-truncated": E,
+    "bat.overlap": E,
+    # Differencing parent
+    "parent.locator": E,
+    "parent.missing": E,
+    "parent.uuid-mismatch": E,
+    "parent.cycle": E,
+    "parent.invalid": E,
+    "parent.chain": I,
+    # Interoperability and targets
+    "qemu.chs-size": W,
+    "size.over-2040gib": W,
+    "azure.not-fixed": E,
+    "azure.size-not-mib": E,
+    "azure.file-length": E,
+    "azure.blob-length": E,
+    "azure.too-small": E,
+    "azure.too-large": E,
+}
+
+# The input cannot be checked at all: not a file, unreadable, or no VHD in it.
+UNUSABLE_CODES = frozenset(
+    {
+        "file.missing",
+        "file.directory",
+        "file.not-regular",
+        "file.unreadable",
+        "file.read-error",
+        "file.empty",
+        "file.too-small",
+        "footer.missing",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+    fix: str | None = None  # the vhdtool command that fixes it, when there is one
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity.value, "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class Report:
+    """Everything `check` found about one image, for one target."""
+
+    path: str
+    target: Target
+    findings: list[Finding] = field(default_factory=list)
+    disk_type: str | None = None  # "fixed", "dynamic", "differencing", or None if unknown
+    virtual_size: int | None = None
+    file_size: int | None = None
+
+    def add(self, code: str, message: str, fix: str | None = None) -> None:
+        self.findings.append(Finding(code, CODES[code], message, fix))
+
+    @property
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    def count(self, severity: Severity) -> int:
+        return sum(f.severity == severity for f in self.findings)
+
+    @property
+    def usable(self) -> bool:
+        return not any(f.code in UNUSABLE_CODES for f in self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        if not self.usable:
+            return EXIT_UNUSABLE
+        return EXIT_PROBLEMS if self.count(Severity.ERROR) else EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        errors, warnings = self.count(Severity.ERROR), self.count(Severity.WARNING)
+        tally = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+        if not self.usable:
+            return f"UNUSABLE: {self.path} cannot be checked as a VHD"
+        if errors:
+            return f"FAIL for target {self.target.value}: {tally}"
+        return f"OK for target {self.target.value}: {tally}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "target": self.target.value,
+            "disk_type": self.disk_type,
+            "virtual_size": self.virtual_size,
+            "file_size": self.file_size,
+            "findings": [f.to_dict() for f in self.findings],
+            "counts": {s.value: self.count(s) for s in Severity},
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+        }
