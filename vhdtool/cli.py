@@ -105,6 +105,42 @@ def check(
     sys.exit(report.exit_code)
 
 
+@app.command("map")
+def map_(
+    image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
+    as_json: JsonOpt = False,
+    granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512).")] = "512",
+) -> None:
+    """List the non-zero runs (start, length) of the virtual disk and how much data it holds.
+
+    Like `qemu-img map`, but zero pages inside allocated blocks do not count as data.
+    """
+    from vhdtool.mapping import write_map
+
+    write_map(image, sys.stdout, granularity=size_arg(granularity), as_json=as_json)
+
+
+@app.command()
+def snapshot(
+    src: Annotated[Path, typer.Argument(help="VHD file to copy (any type; read only).")],
+    out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Destination (default: <stem>-snapshot-YYYY-MM-DD[-NN].vhd next to SRC).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-read both files and compare them.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o destination.")] = False,
+) -> None:
+    """Copy an image file byte for byte, sparse where it has holes or zero pages.
+
+    Point in time: a reflink where the filesystem supports it; otherwise the copy is
+    discarded if the source changes meanwhile. Nothing appears under the destination name
+    until the copy is complete and on disk.
+    """
+    from vhdtool.snapshot import snapshot as take
+    from vhdtool.units import format_size
+
+    done = take(src, out, verify=verify, force=force)
+    how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} of data written"
+    typer.echo(f"snapshot {done.path}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
+
+
 def main() -> None:
     """Console entry point: one-line errors and documented exit codes, never a traceback."""
     try:
