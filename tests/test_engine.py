@@ -1,0 +1,202 @@
+"""The engine against a brute-force model: the non-zero pages of the bytes, found without
+reading holes, in bounded memory, across chunk boundaries, for files and every VHD type."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+
+import make_fixtures
+from conftest import FIXTURES
+from vhdtool import engine
+from vhdtool.engine import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
+from vhdtool.errors import VhdError
+from vhdtool.image import open_disk
+from vhdtool.ranges import align, cut, merge, total
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def page_runs(data: bytes, granularity: int = PAGE) -> list[tuple[int, int]]:
+    """Brute force: runs of pages holding a non-zero byte (the last page may be short)."""
+    zero = bytes(granularity)
+    pages = []
+    for start in range(0, len(data), granularity):
+        page = data[start : start + granularity]
+        if page != zero[: len(page)]:
+            pages.append((start, start + len(page)))
+    return list(merge(pages))
+
+
+def write_sparse_file(path, size: int, writes: list[tuple[int, bytes]]) -> bytes:
+    """A file of `size` bytes, a hole except for `writes`; returns its content."""
+    content = bytearray(size)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+            content[offset : offset + len(data)] = data
+    return bytes(content)
+
+
+@pytest.fixture
+def mixed_file(tmp_path):
+    """Holes, random data, allocated zeros, lone bytes at page edges, an odd-sized tail."""
+    rng = random.Random(7)
+    size = 3 * MiB + 1234
+    writes = [
+        (0, rng.randbytes(5000)),
+        (64 * KiB, bytes(256 * KiB)),  # allocated on disk, all zero: not data
+        (64 * KiB + 8192, b"\x01"),  # one byte inside the allocated zeros
+        (MiB - 1, b"\x02\x03"),  # straddles a page and a 1 MiB boundary
+        (MiB + 511, b"\x04"),  # last byte of a page
+        (2 * MiB, rng.randbytes(300 * KiB) + bytes(100 * KiB) + rng.randbytes(1)),
+        (size - 3, b"\x05"),  # inside the short last page
+    ]
+    path = tmp_path / "mixed.img"
+    return path, write_sparse_file(path, size, writes)
+
+
+@pytest.mark.parametrize("granularity", [512, 4096, 64 * KiB])
+@pytest.mark.parametrize("chunk_size,workers", [(engine.CHUNK, None), (64 * KiB, 1), (64 * KiB, 3)])
+def test_runs_equal_brute_force(mixed_file, granularity, chunk_size, workers):
+    path, content = mixed_file
+    with open_disk(path, raw=True) as disk:
+        got = list(nonzero_runs(scan(disk, granularity=granularity, chunk_size=chunk_size, workers=workers)))
+    assert got == page_runs(content, granularity)
+
+
+def test_data_views_hold_the_bytes_and_respect_max_length(mixed_file):
+    path, content = mixed_file
+    seen = []
+    with open_disk(path, raw=True) as disk:
+        for offset, data in nonzero_data(scan(disk, chunk_size=256 * KiB), max_length=64 * KiB):
+            assert bytes(data) == content[offset : offset + len(data)]  # before the next item
+            assert offset % PAGE == 0 and offset // (64 * KiB) == (offset + len(data) - 1) // (64 * KiB)
+            seen.append((offset, offset + len(data)))
+    assert list(merge(seen)) == page_runs(content)
+
+
+class Recording:
+    """An engine source around a disk that records every read."""
+
+    def __init__(self, disk):
+        self.disk, self.virtual_size, self.path = disk, disk.virtual_size, disk.path
+        self.reads: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def allocated(self):
+        return self.disk.allocated()
+
+    def readinto(self, offset, buf):
+        with self.lock:
+            self.reads.append((offset, offset + len(buf)))
+        self.disk.readinto(offset, buf)
+
+
+def test_holes_are_never_read(tmp_path):
+    size = 1024 * MiB  # a 1 GiB sparse file with two 4 KiB blocks of data
+    path = tmp_path / "holes.img"
+    content_pages = [(300 * MiB, b"a" * 4096), (900 * MiB + 8192, b"b" * 4096)]
+    write_sparse_file(path, size, content_pages)
+    with open_disk(path, raw=True) as disk:
+        source = Recording(disk)
+        runs = list(nonzero_runs(scan(source)))
+    assert runs == [(o, o + 4096) for o, _ in content_pages]
+    assert sorted(source.reads) == runs  # exactly the data, nothing else
+
+
+def test_dynamic_image_skips_zero_sectors_inside_allocated_blocks(tmp_path):
+    from vhdtool.writer import SparseImageWriter
+
+    rng = random.Random(3)
+    size = 8 * MiB
+    path = tmp_path / "dyn.vhd"
+    writes = [(0, rng.randbytes(4096)), (4096, bytes(MiB)), (3 * MiB, rng.randbytes(512)),
+              (5 * MiB, bytes(512 * KiB) + b"\x09" + bytes(511))]
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        writer = SparseImageWriter(fd, size)
+        for offset, data in writes:
+            writer.write(offset, data)
+        writer.finish()
+    finally:
+        os.close(fd)
+    with open_disk(path) as disk:
+        content = disk.read(0, size)
+        got = list(nonzero_runs(scan(disk)))
+        assert got == page_runs(content)
+        assert got == [(0, 4096), (3 * MiB, 3 * MiB + 512), (5 * MiB + 512 * KiB, 5 * MiB + 512 * KiB + 512)]
+
+
+@pytest.mark.parametrize("name", ["chain-base.vhd", "chain-child1.vhd", "chain-child2.vhd"])
+def test_differencing_chain_runs_equal_the_expected_content(name):
+    expected = make_fixtures.chain_expected()[name]
+    with open_disk(FIXTURES / name) as disk:
+        assert list(nonzero_runs(scan(disk))) == page_runs(expected)
+
+
+def test_memory_is_a_fixed_pool_of_buffers(tmp_path, monkeypatch):
+    """However many chunks, the engine allocates 2 * workers + 1 buffers."""
+    made = []
+    real = engine._Buffer
+    monkeypatch.setattr(engine, "_Buffer", lambda *a: made.append(1) or real(*a))
+    path = tmp_path / "dense.img"
+    content = write_sparse_file(path, 4 * MiB, [(0, random.Random(1).randbytes(4 * MiB))])
+    with open_disk(path, raw=True) as disk:
+        got = list(nonzero_runs(scan(disk, chunk_size=16 * KiB, workers=2)))  # 256 chunks
+    assert got == [(0, len(content))]
+    assert len(made) == 5
+
+
+def test_progress_counts_every_byte_read(mixed_file):
+    path, _ = mixed_file
+    done = []
+    with open_disk(path, raw=True) as disk:
+        list(nonzero_runs(scan(disk, progress=done.append)))
+        expected = total(align(disk.allocated(), PAGE, disk.virtual_size))
+        assert sum(done) == scanned_bytes(disk) == expected > 0
+
+
+def test_stopping_early_leaves_no_threads(mixed_file):
+    path, _ = mixed_file
+    before = threading.active_count()
+    with open_disk(path, raw=True) as disk:
+        chunks = scan(disk, chunk_size=64 * KiB, workers=3)
+        next(chunks)
+        chunks.close()
+    assert threading.active_count() == before
+
+
+def test_read_errors_name_the_source(mixed_file):
+    path, _ = mixed_file
+
+    class Failing(Recording):
+        def readinto(self, offset, buf):
+            raise OSError(5, "Input/output error")
+
+    with open_disk(path, raw=True) as disk:
+        with pytest.raises(VhdError, match=rf"{path.name}: cannot read .* Input/output error"):
+            list(scan(Failing(disk)))
+
+
+def test_granularity_must_be_whole_pages(mixed_file):
+    path, _ = mixed_file
+    with open_disk(path, raw=True) as disk:
+        for bad in (0, 1000, 256):
+            with pytest.raises(VhdError, match="multiple of 512"):
+                list(scan(disk, granularity=bad))
+
+
+def test_put_page_pieces(tmp_path):
+    """nonzero_data cuts a long run into pieces of at most 4 MiB (Azure's Put Page limit)."""
+    path = tmp_path / "long.img"
+    content = write_sparse_file(path, 12 * MiB, [(MiB, b"\xff" * (9 * MiB))])
+    with open_disk(path, raw=True) as disk:
+        pieces = [(o, len(d)) for o, d in nonzero_data(scan(disk))]
+    assert pieces == [(o, e - o) for o, e in cut([(MiB, 10 * MiB)], 4 * MiB)]
+    assert max(n for _, n in pieces) <= engine.PUT_PAGE_MAX and content[MiB] == 0xFF
