@@ -18,9 +18,10 @@ from vhdtool.format.header import HEADER_SIZE, PLATFORM_NONE, locator_data_space
 
 SECTOR = 512
 ENTRY = 4
-# 64 MiB of table. The largest VHD QEMU and Hyper-V open (2040 GiB) needs 16,711,680 entries
-# even with 128 KiB blocks; a header claiming more is damaged, and we do not allocate for it.
-MAX_BAT_ENTRIES = 1 << 24
+# 16 MiB of table. The largest VHD QEMU and Hyper-V open (2040 GiB) needs 4,177,920 entries
+# with 512 KiB blocks, the smallest Hyper-V offers; a header claiming more is damaged, and we
+# do not allocate for it (a sparse file full of zero entries then costs ~200 MiB, briefly).
+MAX_BAT_ENTRIES = 1 << 22
 
 
 def plural(n: int, one: str, many: str) -> str:
@@ -44,7 +45,7 @@ def read_bat(report: Report, vf: VhdFile, header: Container) -> np.ndarray | Non
         report.add(
             "bat.too-large",
             f"the header claims {entries:,} BAT entries ({entries * ENTRY:,} bytes of table); "
-            f"no VHD up to 2040 GiB needs more than {MAX_BAT_ENTRIES:,}: the header is "
+            f"no VHD up to 2040 GiB in blocks of 512 KiB or more needs over {MAX_BAT_ENTRIES:,}: the header is "
             f"damaged (QEMU: Max Table Entries too large). Only the entries inside the "
             f"file, at most {MAX_BAT_ENTRIES:,}, are checked",
         )
@@ -88,58 +89,72 @@ def metadata_end(vf: VhdFile, header: Container, entries: int) -> int:
     return max(ends)
 
 
+def sector_at_or_after(offset: int) -> int:
+    """The first sector number whose byte offset is >= `offset`, clamped to the u32 range."""
+    return min(max(-(-offset // SECTOR), 0), UNALLOCATED)
+
+
+def first(mask: np.ndarray, after: int = -1) -> int:
+    """Index of the first True in `mask` past `after`."""
+    return after + 1 + int(np.argmax(mask[after + 1 :]))
+
+
 def check_entries(report: Report, vf: VhdFile, header: Container, bat: np.ndarray) -> None:
     """Every used entry must point after the metadata, end before the footer, and not
-    overlap another block."""
+    overlap another block. Works in sector numbers with masks over the table, so a table of
+    millions of entries costs a few bytes per entry."""
     if not block_size_valid(header.block_size):
         return  # header.block-size was reported: block extents are unknown
     span = bitmap_bytes(header.block_size) + header.block_size
-    blocks = np.flatnonzero(bat != UNALLOCATED)
-    starts = bat[blocks].astype(np.int64) * SECTOR
     meta_end, data_end = metadata_end(vf, header, len(bat)), vf.data_end
+    used = bat != UNALLOCATED
+    past_end = bat >= sector_at_or_after(data_end)
 
-    inside = np.flatnonzero(starts < meta_end)
-    if inside.size:
-        i = inside[0]
+    inside = used & (bat < sector_at_or_after(meta_end))
+    if inside.any():
+        i = first(inside)
         report.add(
             "bat.entry-in-metadata",
-            f"{plural(inside.size, 'BAT entry points', 'BAT entries point')} into the metadata "
-            f"(footer copy, header, BAT and locators end at byte {meta_end:,}); first: block "
-            f"{blocks[i]:,} at byte {starts[i]:,}. Writing it overwrites the metadata "
+            f"{plural(int(np.count_nonzero(inside)), 'BAT entry points', 'BAT entries point')} into "
+            f"the metadata (footer copy, header, BAT and locators end at byte {meta_end:,}); first: "
+            f"block {i:,} at byte {int(bat[i]) * SECTOR:,}. Writing it overwrites the metadata "
             "(vhd-util check: clobbers headers)",
         )
-    past = np.flatnonzero(starts >= data_end)
-    if past.size:
-        i = past[0]
+    past = used & past_end
+    if past.any():
+        i = first(past)
         report.add(
             "bat.entry-past-eof",
-            f"{plural(past.size, 'BAT entry points', 'BAT entries point')} at or past the end "
-            f"of the data area (byte {data_end:,}); first: block {blocks[i]:,} at byte "
-            f"{starts[i]:,} (QEMU: free_data_block_offset points after the end of file)",
+            f"{plural(int(np.count_nonzero(past)), 'BAT entry points', 'BAT entries point')} at or "
+            f"past the end of the data area (byte {data_end:,}); first: block {i:,} at byte "
+            f"{int(bat[i]) * SECTOR:,} (QEMU: free_data_block_offset points after the end of file)",
         )
-    cut = np.flatnonzero((starts < data_end) & (starts + span > data_end))
-    if cut.size:
-        i = cut[0]
+    # start * 512 + span > data_end, for a block that starts inside the data area
+    cut = used & ~past_end & (bat >= sector_at_or_after(data_end - span + 1))
+    if cut.any():
+        i = first(cut)
+        start = int(bat[i]) * SECTOR
         report.add(
             "bat.block-truncated",
-            f"block {blocks[i]:,} occupies bytes {starts[i]:,}-{starts[i] + span:,} but the data "
-            f"area ends at byte {data_end:,}: the file was truncated inside it or it runs into "
-            f"the footer ({plural(cut.size, 'block', 'blocks')}; vhd-util check: clobbers footer)",
+            f"block {i:,} occupies bytes {start:,}-{start + span:,} but the data area ends at byte "
+            f"{data_end:,}: the file was truncated inside it or it runs into the footer "
+            f"({plural(int(np.count_nonzero(cut)), 'block', 'blocks')}; vhd-util check: clobbers footer)",
         )
-    check_overlaps(report, blocks, starts, span)
+    check_overlaps(report, bat, used, span)
 
 
-def check_overlaps(report: Report, blocks: np.ndarray, starts: np.ndarray, span: int) -> None:
-    order = np.argsort(starts, kind="stable")
-    sorted_starts = starts[order]
-    clash = np.flatnonzero(sorted_starts[1:] < sorted_starts[:-1] + span)
-    if clash.size:
-        j = clash[0]
-        a, b = blocks[order[j]], blocks[order[j + 1]]
-        report.add(
-            "bat.overlap",
-            f"blocks {a:,} and {b:,} overlap: block {a:,} occupies bytes {sorted_starts[j]:,}-"
-            f"{sorted_starts[j] + span:,} and block {b:,} starts at byte {sorted_starts[j + 1]:,} "
-            f"({plural(clash.size, 'overlapping pair', 'overlapping pairs')}): writing one "
-            "corrupts the other (vhd-util check: clobbers block)",
-        )
+def check_overlaps(report: Report, bat: np.ndarray, used: np.ndarray, span: int) -> None:
+    ordered = np.sort(bat[used])
+    clash = np.flatnonzero(np.diff(ordered) < span // SECTOR)
+    if not clash.size:
+        return
+    lo, hi = int(ordered[clash[0]]), int(ordered[clash[0] + 1])
+    a = first(bat == lo)
+    b = first(bat == hi, after=a) if hi == lo else first(bat == hi)
+    report.add(
+        "bat.overlap",
+        f"blocks {a:,} and {b:,} overlap: block {a:,} occupies bytes {lo * SECTOR:,}-"
+        f"{lo * SECTOR + span:,} and block {b:,} starts at byte {hi * SECTOR:,} "
+        f"({plural(clash.size, 'overlapping pair', 'overlapping pairs')}): writing one corrupts "
+        "the other (vhd-util check: clobbers block)",
+    )
