@@ -1,0 +1,203 @@
+"""One page blob, as upload, download and the remote checks use it.
+
+Every call goes through a `Retrier` (the SDK's own retries are off) and every failure becomes
+a one-line `VhdError` naming the blob with its SAS signature redacted: a `TransferError` (exit
+3, resumable) when transient failures outlasted the retries, a plain `VhdError` (exit 2) for
+anything the service refused (authentication, conflicts, a missing container...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from vhdtool import ranges
+from vhdtool.azure.location import BlobLocation, blob_client
+from vhdtool.azure.retry import Retrier, RetryPolicy, TransferError, describe, is_transient
+from vhdtool.errors import VhdError
+from vhdtool.ranges import Range
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobClient, BlobProperties
+
+T = TypeVar("T")
+
+PAGE = 512
+PUT_PAGE_MAX = 4 * 1024 * 1024  # Azure's limit per Put Page; Azurite does not enforce it
+# Get Page Ranges is asked per segment: on a large, fragmented blob one unbounded call can
+# time out on the service side (Azure's guidance is to bound the range).
+LIST_SEGMENT = 16 * 1024**3
+CONNECT_TIMEOUT = 20.0
+
+
+def open_client(location: BlobLocation, *, connections: int, timeout: float) -> BlobClient:
+    """An SDK client with its retries off and a connection pool sized for our workers
+    (requests' default pool of 10 would drop and reopen connections beyond that)."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=1,
+        pool_maxsize=connections,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    transport = RequestsTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=min(CONNECT_TIMEOUT, timeout),
+        read_timeout=timeout,
+    )
+    return blob_client(location, transport=transport, retry_total=0)
+
+
+class PageBlob:
+    """A page blob behind retried, redacted calls. Safe to share between threads."""
+
+    def __init__(
+        self,
+        location: BlobLocation,
+        *,
+        connections: int = 8,
+        timeout: float = 120.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
+        self.location = location
+        self.client = open_client(location, connections=connections, timeout=timeout)
+        self.retrier = Retrier(retry)
+
+    @property
+    def retries(self) -> int:
+        return self.retrier.retries
+
+    def call(self, doing: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """`fn(*args, **kwargs)` with retries; SDK failures become one-line errors."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            return self.retrier.call(fn, *args, **kwargs)
+        except AzureError as exc:
+            if is_transient(exc):
+                raise TransferError(
+                    f"{doing} failed {self.retrier.policy.attempts} times ({describe(exc)})",
+                    self.location,
+                ) from None
+            raise VhdError(f"{doing} failed: {describe(exc)}", self.location) from None
+
+    def properties(self) -> BlobProperties | None:
+        """The blob's properties and metadata, or None if there is no such blob."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        def get() -> BlobProperties | None:
+            try:
+                return self.client.get_blob_properties()
+            except ResourceNotFoundError as exc:
+                if getattr(exc, "error_code", None) == "ContainerNotFound":
+                    raise
+                return None
+
+        return self.call("reading the blob properties", get)
+
+    def create(
+        self, size: int, metadata: dict[str, str], *, lease: str | None = None, if_absent: bool = False
+    ) -> bool:
+        """(Re)create the page blob, empty, at `size`; with `if_absent`, False if it exists
+        (which may be our own create whose answer was lost: the caller examines the blob)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError
+
+        conditions: dict[str, object] = {"lease": lease}
+        if if_absent:
+            conditions["match_condition"] = MatchConditions.IfMissing
+
+        def create() -> bool:
+            try:
+                self.client.create_page_blob(size, metadata=metadata, **conditions)
+            except ResourceExistsError:
+                if if_absent:
+                    return False
+                raise
+            return True
+
+        return self.call("creating the page blob", create)
+
+    def page_ranges(self, size: int, lease: str | None = None) -> list[Range]:
+        """The written ranges of the blob, merged, half-open (the service's ends are inclusive)."""
+
+        def segment(offset: int, length: int) -> list[Range]:
+            listed = self.client.list_page_ranges(offset=offset, length=length, lease=lease)
+            return [(r.start, r.end + 1) for r in listed if not getattr(r, "cleared", False)]
+
+        found: list[Range] = []
+        for offset in range(0, size, LIST_SEGMENT):
+            length = min(LIST_SEGMENT, size - offset)
+            found.extend(self.call("listing the page ranges", segment, offset, length))
+        return list(ranges.merge(found))
+
+    def put(self, offset: int, data: bytes, lease: str | None) -> None:
+        """One Put Page request: 512-aligned, at most 4 MiB."""
+        if offset % PAGE or len(data) % PAGE or not 0 < len(data) <= PUT_PAGE_MAX:
+            raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
+        self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data), lease=lease)
+
+    def read(self, offset: int, length: int, etag: str | None = None) -> bytes:
+        """One ranged GET; with `etag`, it fails (412) if the blob has changed since."""
+        from azure.core import MatchConditions
+
+        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+
+        def get() -> bytes:
+            return self.client.download_blob(offset=offset, length=length, max_concurrency=1, **condition).readall()
+
+        return self.call(f"reading {length:,} bytes at offset {offset:,}", get)
+
+    def readinto(self, offset: int, buf: memoryview, etag: str | None = None) -> None:
+        data = self.read(offset, len(buf), etag)
+        if len(data) != len(buf):
+            raise TransferError(f"short read: {len(data):,} of {len(buf):,} bytes at offset {offset:,}", self.location)
+        buf[:] = data
+
+    def set_content_md5(self, md5: bytes, lease: str | None) -> None:
+        from azure.storage.blob import ContentSettings
+
+        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        self.call("setting Content-MD5", self.client.set_http_headers, settings, lease=lease)
+
+    def set_metadata(self, metadata: dict[str, str], lease: str | None) -> None:
+        self.call("setting the blob metadata", self.client.set_blob_metadata, metadata, lease=lease)
+
+    def acquire_lease(self, lease_id: str, seconds: int) -> bool:
+        """Acquire the lease with our ID (proposing the current holder's ID takes it over);
+        False when someone else holds it (409)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        def acquire() -> bool:
+            try:
+                self.client.acquire_lease(seconds, lease_id=lease_id)
+            except ResourceExistsError:
+                return False
+            return True
+
+        return self.call("acquiring the lease", acquire)
+
+    def renew_lease(self, lease_id: str) -> None:
+        from azure.storage.blob import BlobLeaseClient
+
+        self.call("renewing the lease", BlobLeaseClient(self.client, lease_id).renew)
+
+    def release_lease(self, lease_id: str) -> None:
+        from azure.storage.blob import BlobLeaseClient
+
+        self.call("releasing the lease", BlobLeaseClient(self.client, lease_id).release)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> PageBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
