@@ -77,6 +77,14 @@ def candidate_files(child: Path, source: str, text: str) -> list[Path]:
     return out
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file, false also for names the OS refuses (a damaged locator: ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
     """Open the parent of `child` (recursively its own parents), verified by UUID."""
     seen = chain + [child.path.resolve()]
@@ -88,7 +96,7 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
     for source, text in locator_paths(child):
         tried.append(f"{source} {text!r}")
         for candidate in candidate_files(child.path, source, text):
-            if not candidate.is_file():
+            if not is_file(candidate):
                 continue
             if candidate.resolve() in seen:
                 raise ParentCycle(f"differencing chain has a cycle through {candidate}", child.path)

@@ -47,6 +47,9 @@ class VhdFile:
         return self.size if self.found.source == "head" else self.found.offset
 
     def read(self, offset: int, length: int) -> bytes:
+        """Bytes at a (possibly absurd) offset from the file: nothing past its end."""
+        if length <= 0 or offset >= self.size:
+            return b""
         return pread_exact(self.fd, length, offset)
 
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from vhdtool.errors import FormatError
+
 SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 BAT_DTYPE = np.dtype(">u4")  # big-endian u32 sector numbers
@@ -10,6 +12,8 @@ BAT_DTYPE = np.dtype(">u4")  # big-endian u32 sector numbers
 def parse_bat(data: bytes, entries: int) -> np.ndarray:
     """The first `entries` BAT entries; padding after them (0xFF by QEMU, 0x00 by libvhd,
     ignored by Windows) is not part of the table."""
+    if len(data) < entries * BAT_DTYPE.itemsize:  # e.g. the file shrank after it was measured
+        raise FormatError(f"BAT of {entries:,} entries is cut short: only {len(data):,} bytes read")
     return np.frombuffer(data, dtype=BAT_DTYPE, count=entries)
 
 
