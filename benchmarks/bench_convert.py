@@ -46,11 +46,11 @@ def main() -> int:
               f"{src.stat().st_size / MiB:.0f} MiB file")
         commands = {
             "vhdtool convert --to fixed": [sys.executable, "-m", "vhdtool.cli", "convert", str(src), str(ours),
-                                           "--to", "fixed", "--force"],
+                                           "--to", "fixed"],
             "qemu-img convert -O vpc fixed": ["qemu-img", "convert", "-f", "vpc", "-O", "vpc", "-o",
                                               "subformat=fixed", str(src), str(peer)],
         }
-        results = interleaved(commands, args.repeats, between=lambda: [p.unlink(missing_ok=True) for p in (peer,)])
+        results = interleaved(commands, args.repeats, between=lambda: [p.unlink(missing_ok=True) for p in (ours, peer)])
         print_table("convert dynamic -> fixed", results)
         ok = check("vhdtool / qemu-img wall time", ratio(results, *commands), 0.8)
         ok &= check("vhdtool peak RSS", results["vhdtool convert --to fixed"].peak_rss / MiB, 150, " MiB")
