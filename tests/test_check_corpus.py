@@ -177,3 +177,18 @@ def test_fixes_name_the_command_and_the_file(corpus):
     small = finding(corpus, "fixed-10m-for-managed-disk.vhd", "azure.too-small")
     assert small.fix == f"vhdtool resize --size 20MiB {corpus / 'fixed-10m-for-managed-disk.vhd'}"
     assert "10,486,272-byte blob" in small.message and "at least 20,972,032 bytes" in small.message
+
+
+def test_check_reports_an_error_whenever_the_reader_refuses(corpus):
+    """The strict reader stops at the first problem; check must have found one there too."""
+    from vhdtool.errors import VhdError
+    from vhdtool.image import open_disk
+
+    refused = []
+    for name in sorted(EXPECTED):
+        try:
+            open_disk(corpus / name).close()
+        except VhdError:
+            refused.append(name)
+            assert check_image(corpus / name, "generic").exit_code in (1, 2), name
+    assert len(refused) == 18

@@ -27,6 +27,7 @@ from vhdtool.format.footer import CHECKSUM_OFFSET, FOOTER_SIZE, Footer, footer_c
 from vhdtool.format.header import HEADER_CHECKSUM_OFFSET, HEADER_SIZE, DynamicHeader, header_checksum, parse_header
 from vhdtool.image import open_disk
 from vhdtool.info import describe
+from vhdtool.writer import ParentRef, SparseImageWriter
 
 EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -83,7 +84,7 @@ def bases(workdir) -> dict[str, Base]:
     make_corpus.fixed(fixed, SIZE)
     make_small_dynamic(dynamic, None)
     parent_uuid = parse_footer(dynamic.read_bytes()[-FOOTER_SIZE:]).unique_id
-    make_small_dynamic(child, make_corpus.ParentRef(
+    make_small_dynamic(child, ParentRef(
         unique_id=parent_uuid, timestamp=make_corpus.T0, name="parent.vhd",
         locators=[(b"W2ru", ".\\parent.vhd".encode("utf-16-le"), 512),
                   (b"MacX", b"file://./parent.vhd", 1)]))
@@ -95,10 +96,10 @@ def bases(workdir) -> dict[str, Base]:
     return out
 
 
-def make_small_dynamic(path: Path, parent) -> None:
+def make_small_dynamic(path: Path, parent: ParentRef | None) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        writer = make_corpus.SparseImageWriter(fd, SIZE, block_size=BLOCK, parent=parent)
+        writer = SparseImageWriter(fd, SIZE, block_size=BLOCK, parent=parent)
         for offset in (0, 3 * BLOCK + 512, 9 * BLOCK):
             writer.write(offset, b"\xa5" * 1024)
         writer.finish()
