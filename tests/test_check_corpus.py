@@ -179,6 +179,15 @@ def test_fixes_name_the_command_and_the_file(corpus):
     assert "10,486,272-byte blob" in small.message and "at least 20,972,032 bytes" in small.message
 
 
+def test_no_fix_is_offered_for_a_damaged_image(corpus):
+    """prepare reads through a reader that would carry the damage (zeros for a lost block)."""
+    report = check_image(corpus / "dynamic-truncated-mid-block.vhd", "azure")
+    assert [(f.code, f.fix) for f in report.findings if f.code.startswith("azure.")] == [("azure.not-fixed", None)]
+    truncated = check_image(corpus / "fixed-truncated.vhd", "azure-managed-disk")
+    assert {f.code: f.fix for f in truncated.findings} == {
+        "fixed.truncated": None, "azure.file-length": None, "azure.too-small": None}
+
+
 def test_check_reports_an_error_whenever_the_reader_refuses(corpus):
     """The strict reader stops at the first problem; check must have found one there too."""
     from vhdtool.errors import VhdError

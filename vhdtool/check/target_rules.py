@@ -11,7 +11,7 @@ from pathlib import Path
 
 from construct import Container
 
-from vhdtool.check.findings import Report, Target
+from vhdtool.check.findings import Report, Severity, Target
 from vhdtool.format.footer import FOOTER_SIZE, DiskType, creator_text, geometry
 from vhdtool.image import MAX_VHD_SIZE, qemu_7_2_size
 
@@ -56,6 +56,13 @@ def command(*words: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def repairable(report: Report) -> bool:
+    """The fix commands read the image through the strict reader: they are offered only when
+    no structural error was found (no command repairs those, and a reader that tolerates
+    them would carry the damage into the new image)."""
+    return report.count(Severity.ERROR) == 0
+
+
 def prepare_command(path: str, target: Target) -> str:
     """`vhdtool prepare` writes <stem>-azure.vhd: fixed, whole MiB, within the target's limits."""
     extra = ("--target", target.value) if target != Target.AZURE else ()
@@ -75,6 +82,7 @@ def check_interop(report: Report, footer: Container) -> None:
     """Readers that would see a different disk than the footer describes."""
     size = footer.current_size
     qemu = qemu_7_2_size(footer)
+    fixable = repairable(report)
     if qemu != size:
         chs = geometry(footer)
         report.add(
@@ -83,7 +91,7 @@ def check_interop(report: Report, footer: Container) -> None:
             f"{chs.heads}/{chs.sectors_per_track} x 512) while the footer says {size:,}: for "
             f"creator '{creator_text(footer.creator_application)}' QEMU block/vpc.c uses "
             "the geometry, so the disk looks different in QEMU than in Hyper-V, libvhdi and Azure",
-            rewrite_command(report.path, footer),
+            rewrite_command(report.path, footer) if fixable else None,
         )
     if size > MAX_VHD_SIZE:
         report.add(
@@ -100,13 +108,16 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
     size = footer.current_size
     fixed = footer.disk_type == DiskType.FIXED
     path = report.path
+    sound = repairable(report)
+    prepare = prepare_command(path, target) if sound else None
+    align = command("vhdtool", "resize", "--align", "1MiB", path) if fixed and sound else prepare
     if footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING):
         kind = DiskType(footer.disk_type).name.lower()
         report.add(
             "azure.not-fixed",
             f"this is a {kind} VHD; Azure takes only fixed-format VHDs as disks (dynamic and "
             "differencing images are rejected, often only after the upload)",
-            prepare_command(path, target),
+            prepare,
         )
     if size % MiB:
         up = -(-size // MiB) * MiB
@@ -115,26 +126,26 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             f"the virtual size is {size:,} bytes ({size / MiB:.2f} MiB), not a whole number of "
             f"MiB; Azure refuses it: {limits.rejection} The next whole size is {up // MiB:,} MiB "
             f"({up:,} bytes)",
-            command("vhdtool", "resize", "--align", "1MiB", path) if fixed else prepare_command(path, target),
+            align,
         )
     if fixed and file_size % FOOTER_SIZE:
         report.add(
             "azure.blob-length",
             f"the file is {file_size:,} bytes, not a multiple of 512: a page blob's length must "
             "be (Put Blob)",
-            prepare_command(path, target),
+            prepare,
         )
     if fixed and file_size != size + FOOTER_SIZE:
         report.add(
             "azure.file-length",
             f"the file is {file_size:,} bytes; uploaded as a page blob, a fixed VHD must be its "
             f"virtual size plus the 512-byte footer: {size:,} + 512 = {size + FOOTER_SIZE:,} bytes",
-            prepare_command(path, target),
+            prepare,
         )
-    check_blob_limits(report, target, size + FOOTER_SIZE)
+    check_blob_limits(report, target, size + FOOTER_SIZE, fixable=sound)
 
 
-def check_blob_limits(report: Report, target: Target, blob: int) -> None:
+def check_blob_limits(report: Report, target: Target, blob: int, *, fixable: bool = True) -> None:
     limits = LIMITS[target]
     where = "a page blob" if target == Target.AZURE else "a managed-disk upload"
     if blob < limits.minimum:
@@ -142,7 +153,7 @@ def check_blob_limits(report: Report, target: Target, blob: int) -> None:
             "azure.too-small",
             f"the disk uploads as a {blob:,}-byte blob; {where} must be at least "
             f"{limits.minimum:,} bytes ({limits.min_mib} MiB + 512)",
-            command("vhdtool", "resize", "--size", f"{limits.min_mib}MiB", report.path),
+            command("vhdtool", "resize", "--size", f"{limits.min_mib}MiB", report.path) if fixable else None,
         )
     elif blob > limits.maximum:
         report.add(
