@@ -7,8 +7,18 @@ from typing import Any
 
 from construct import Container
 
+from vhdtool.errors import FormatError, NotVhdError
 from vhdtool.format.bat import UNALLOCATED
-from vhdtool.format.footer import CREATORS, HOST_OSES, DiskType, creator_text, footer_checksum, build_footer, geometry
+from vhdtool.format.footer import (
+    COOKIE,
+    CREATORS,
+    HOST_OSES,
+    DiskType,
+    build_footer,
+    creator_text,
+    footer_checksum,
+    geometry,
+)
 from vhdtool.format.header import header_checksum, build_header, locator_data_space, parent_name
 from vhdtool.format.timestamp import to_datetime
 from vhdtool.image import Disk, SparseDisk, open_disk, qemu_7_2_size
@@ -21,6 +31,38 @@ def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
         if disk.parent is not None:
             out["parent_chain"] = [describe_disk(p) for p in disk.chain()[1:]]
         return out
+
+
+def describe_blob(url: str) -> dict[str, Any]:
+    """`info` for a blob URL: its properties and footer, from two ranged GETs (first sector,
+    last 512 bytes); the data in between is never read."""
+    import base64
+
+    from vhdtool.azure.location import BlobLocation
+    from vhdtool.azure.remote import read_blob_ends
+
+    location = BlobLocation.from_url(url)
+    ends = read_blob_ends(location)
+    where = location.redacted()
+    footer = ends.footer
+    if footer is None or footer.cookie != COOKIE:
+        raise NotVhdError(f"not a VHD: no 'conectix' footer in the last 512 bytes of the "
+                          f"{ends.info.size:,}-byte blob", where)
+    if footer_checksum(ends.tail) != footer.checksum:
+        raise FormatError("footer checksum mismatch: the footer is damaged", where)
+    info = ends.info
+    return {
+        "path": where,
+        "type": DiskType(footer.disk_type).name.lower() if footer.disk_type in DiskType._value2member_map_ else footer.disk_type,
+        "virtual_size": footer.current_size,
+        "blob_size": info.size,
+        "blob_type": info.blob_type,
+        "content_md5": base64.b64encode(info.content_md5).decode() if info.content_md5 else None,
+        "lease_state": info.lease_state,
+        "footer": footer_fields(footer),
+        "qemu_7_2_virtual_size": qemu_7_2_size(footer),
+        "head_is_footer_copy": ends.head[:8] == COOKIE,
+    }
 
 
 def describe_disk(disk: Disk) -> dict[str, Any]:
