@@ -49,15 +49,24 @@ def size_arg(text: str) -> int:
 
 @app.command()
 def info(
-    image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
+    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL with a SAS token.")],
     raw: Annotated[bool, typer.Option("--raw", help="Treat IMAGE as a raw disk image.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show every footer and header field, sizes, allocation and the parent chain."""
-    from vhdtool.info import describe
+    """Show every footer and header field, sizes, allocation and the parent chain.
+
+    For a blob URL: the blob's properties and footer, read with two ranged GETs."""
+    from vhdtool.azure.address import is_blob_url
     from vhdtool.report import print_info
 
-    data = describe(str(image), raw=raw)
+    if is_blob_url(image):
+        from vhdtool.info import describe_blob
+
+        data = describe_blob(image)
+    else:
+        from vhdtool.info import describe
+
+        data = describe(image, raw=raw)
     emit_json(data) if as_json else print_info(data)
 
 
@@ -85,24 +94,31 @@ def create(
 
 
 @app.command()
-def check(
-    image: Annotated[Path, typer.Argument(help="The VHD to check.")],
-    target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
-    as_json: JsonOpt = False,
+def resize(
+    image: Annotated[Path, typer.Argument(help="Fixed or dynamic VHD, resized in place unless -o is given.")],
+    size: Annotated[Optional[str], typer.Option("--size", help="New virtual size: 20GiB, 1073741824.")] = None,
+    align: Annotated[Optional[str], typer.Option("--align", help="Round the size up to a multiple of this (1MiB for Azure).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Resize a sparse copy written here instead.")] = None,
+    allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Allow a smaller size.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Shrink even over non-zero data; overwrite an existing OUTPUT.")] = False,
 ) -> None:
-    """Validate structure and suitability for TARGET before a long upload: every problem, why,
-    and the vhdtool command that fixes it. Exit 0 no errors, 1 errors, 2 not a usable VHD."""
-    from vhdtool.check import Target, check_image
-    from vhdtool.check.render import render_text
+    """Change the virtual size without copying data: a fixed image grows by a hole, a
+    dynamic one within its BAT's room. The footer keeps its UUID."""
+    from vhdtool.resize import resize as do_resize
+    from vhdtool.units import format_size
 
-    try:
-        chosen = Target(target)
-    except ValueError:
-        names = ", ".join(t.value for t in Target)
-        raise VhdError(f"--target: '{target}' is not one of {names}") from None
-    report = check_image(image, chosen)
-    emit_json(report.to_dict()) if as_json else typer.echo("\n".join(render_text(report)))
-    sys.exit(report.exit_code)
+    done = do_resize(
+        image,
+        size=None if size is None else size_arg(size),
+        align=None if align is None else size_arg(align),
+        out=output,
+        allow_shrink=allow_shrink,
+        force=force,
+    )
+    if done.old_size == done.new_size and output is None:
+        typer.echo(f"{image}: already {format_size(done.new_size)}, nothing to do")
+    else:
+        typer.echo(f"resized {done.path}: {format_size(done.old_size)} -> {format_size(done.new_size)}")
 
 
 @app.command("map")
@@ -139,6 +155,180 @@ def snapshot(
     done = take(src, out, verify=verify, force=force)
     how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} of data written"
     typer.echo(f"snapshot {done.path}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
+
+
+class ConvertTo(str, Enum):
+    fixed = "fixed"
+    dynamic = "dynamic"
+    raw = "raw"
+
+
+class ConvertFrom(str, Enum):
+    vhd = "vhd"
+    raw = "raw"
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Source image: fixed, dynamic or differencing VHD, or raw.")],
+    dest: Annotated[Path, typer.Argument(help="Output file (written atomically, sparse).")],
+    to: Annotated[ConvertTo, typer.Option("--to", help="Output format.")],
+    from_: Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")] = None,
+    block_size: Annotated[str, typer.Option("--block-size", help="Block size of a dynamic output.")] = "2MiB",
+    keep_uuid: Annotated[bool, typer.Option("--keep-uuid", help="Keep the source's UUID instead of a new one. Keep it when differencing children must still match this image as their parent (they find it by UUID); otherwise a new UUID keeps the copy distinct from the original.")] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Convert any image to a fixed, dynamic or raw one, writing only non-zero data.
+
+    A differencing chain is resolved through its parents; sector bitmaps are honoured.
+    """
+    from vhdtool.convert import Format, convert as do_convert
+    from vhdtool.units import format_size
+
+    done = do_convert(
+        src, dest, Format(to.value), from_=from_.value if from_ else None,
+        block_size=size_arg(block_size), keep_uuid=keep_uuid, force=force,
+    )
+    typer.echo(f"wrote {done.path}: {to.value}, {format_size(done.virtual_size)} virtual, "
+               f"{format_size(done.data_bytes)} of data")
+
+
+@app.command()
+def check(
+    image: Annotated[Path, typer.Argument(help="The VHD to check.")],
+    target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate structure and suitability for TARGET before a long upload: every problem, why,
+    and the vhdtool command that fixes it. Exit 0 no errors, 1 errors, 2 not a usable VHD."""
+    from vhdtool.check import Target, check_image
+    from vhdtool.check.render import render_text
+
+    try:
+        chosen = Target(target)
+    except ValueError:
+        names = ", ".join(t.value for t in Target)
+        raise VhdError(f"--target: '{target}' is not one of {names}") from None
+    report = check_image(image, chosen)
+    emit_json(report.to_dict()) if as_json else typer.echo("\n".join(render_text(report)))
+    sys.exit(report.exit_code)
+
+
+@app.command()
+def prepare(
+    src: Annotated[Path, typer.Argument(help="Any image: fixed, dynamic or differencing VHD, or raw.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (default: <stem>-azure.vhd next to SRC).")] = None,
+    target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk) or azure-managed-disk (direct upload).")] = "azure",
+    from_: Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Make an image Azure accepts, in one step: fixed, a whole number of MiB, a fresh valid
+    footer; then check the result. A source that already passes is left alone (with -o: copied).
+    Exit code as check's: 0 passes, 1 errors remain, 2 unusable input."""
+    from vhdtool.check import Target
+    from vhdtool.check.render import render_text
+    from vhdtool.prepare import prepare as do_prepare
+    from vhdtool.units import format_size
+
+    if target not in (Target.AZURE.value, Target.AZURE_MANAGED_DISK.value):
+        raise VhdError(f"--target: '{target}' is not one of azure, azure-managed-disk")
+    done = do_prepare(src, output, target=Target(target), from_=from_.value if from_ else None, force=force)
+    typer.echo(f"{src}: {done.rule}")
+    if done.output is None:
+        typer.echo(f"{src} already passes check --target {target}: nothing written")
+    else:
+        typer.echo(f"wrote {done.output}: fixed, {format_size(done.old_size)} -> {format_size(done.new_size)}")
+    typer.echo("\n".join(render_text(done.report)))
+    sys.exit(done.report.exit_code)
+
+
+ContainerOpt = Annotated[Optional[str], typer.Option("--container", help="Container of the blob (with --name and a connection string).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Blob name in --container.")]
+ConnOpt = Annotated[Optional[str], typer.Option("--connection-string", help="Azure storage connection string; default: $AZURE_STORAGE_CONNECTION_STRING (safer: not shown in the process list).")]
+
+
+def note(message: str) -> None:
+    typer.echo(f"vhdtool: {message}", err=True)
+
+
+@app.command()
+def upload(
+    src: Annotated[Path, typer.Argument(help="VHD to upload: fixed, dynamic or differencing (read only).")],
+    dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    container: ContainerOpt = None,
+    name: NameOpt = None,
+    connection_string: ConnOpt = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 8,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Start again from an empty blob even if it holds part of this upload.")] = False,
+    no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Afterwards, check the blob's page ranges and read its data back to compare MD5s.")] = False,
+    align: Annotated[bool, typer.Option("--align", help="Round a virtual size that is not whole MiB up, on the fly.")] = False,
+) -> None:
+    """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
+
+    Dynamic and differencing images are converted on the fly (no temporary file). An
+    interrupted upload resumes where it stopped when run again. Exit codes: 0 uploaded,
+    2 unusable input or refused blob, 3 interrupted by network or service failures (run
+    the same command again to resume).
+    """
+    from vhdtool.azure.address import blob_from_args
+    from vhdtool.units import format_size
+    from vhdtool.upload import UploadOptions, upload as do_upload
+
+    location = blob_from_args(dest, container, name, connection_string)
+    options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
+                            verify=verify, align=align, log=note)
+    done = do_upload(src, location, options)
+    if done.already_complete and not done.sent_bytes:
+        typer.echo(f"{location} already holds this upload of {src}: nothing sent")
+    else:
+        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} page blob"
+                   f"{', resumed' if done.resumed else ''})")
+        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
+        typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
+    typer.echo(f"  retries:  {done.retries}")
+    if done.content_md5:
+        typer.echo(f"  md5:      {done.content_md5}")
+    if done.verified:
+        typer.echo("  verified: page ranges and MD5 match")
+    typer.echo(f"  time:     {done.seconds:.2f} s")
+
+
+@app.command()
+def download(
+    src: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    dest: Annotated[Optional[Path], typer.Argument(help="Local file to write (sparse, atomic).")] = None,
+    container: ContainerOpt = None,
+    name: NameOpt = None,
+    connection_string: ConnOpt = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Local file to write, when the blob is given by --container/--name.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel ranged reads.")] = 4,
+    force: ForceOpt = False,
+) -> None:
+    """Download a page blob into a sparse local file, fetching only its page ranges.
+
+    DEST appears only when complete, checked against the blob's Content-MD5 if it has one;
+    an interrupted download resumes when run again. Exit codes: 0 done, 2 unusable input,
+    3 interrupted by network or service failures (run again to resume).
+    """
+    from vhdtool.azure.address import blob_from_args, is_blob_url
+    from vhdtool.download import DownloadOptions, download as do_download
+    from vhdtool.units import format_size
+
+    if src is not None and not is_blob_url(src) and dest is None and output is None:
+        src, output = None, Path(src)  # `download --container C --name N FILE`
+    target = dest or output
+    if target is None or (dest and output):
+        raise VhdError("give exactly one local destination file (DEST or -o)")
+    location = blob_from_args(src, container, name, connection_string)
+    if workers < 1:
+        raise VhdError("--workers must be at least 1")
+    done = do_download(location, target, DownloadOptions(workers=workers, force=force, log=note))
+    checked = "Content-MD5 checked" if done.md5_checked else "no Content-MD5 on the blob"
+    typer.echo(f"downloaded {location} -> {done.path}: {format_size(done.size)}, "
+               f"{format_size(done.fetched_bytes)} fetched, {format_size(done.written_bytes)} of data written, "
+               f"{checked}, {done.retries} retries, {done.seconds:.2f} s")
 
 
 def main() -> None:
