@@ -22,6 +22,7 @@ from vhdtool import sink
 from vhdtool.create import create
 from vhdtool.errors import VhdError
 from vhdtool.format.footer import DiskType
+from vhdtool.image import open_disk
 from vhdtool.ranges import align, total
 from vhdtool.snapshot import compare, default_destination, snapshot
 
@@ -123,12 +124,27 @@ def test_verify_passes_on_the_copy_and_catches_differences(fixed_with_zeros, tmp
     with open(dest, "r+b") as f:  # one byte in what was a hole of both files
         f.seek(7 * MiB + 700)
         f.write(b"\x01")
-    with pytest.raises(VhdError, match=f"differs from .* at offset {7 * MiB + 512:,}"):
-        compare(fixed_with_zeros, dest)
+    with open_disk(fixed_with_zeros, raw=True) as source, open_disk(dest, raw=True) as copy:
+        with pytest.raises(VhdError, match=f"differs in the page at offset {7 * MiB + 512:,}"):
+            compare(source, copy)
     with open(dest, "ab") as f:
         f.write(b"\0" * 512)
-    with pytest.raises(VhdError, match="verify failed"):
-        compare(fixed_with_zeros, dest)
+    with open_disk(fixed_with_zeros, raw=True) as source, open_disk(dest, raw=True) as copy:
+        with pytest.raises(VhdError, match="verify failed: the copy has"):
+            compare(source, copy)
+
+
+def test_a_copy_that_fails_verify_is_never_published(fixed_with_zeros, tmp_path, monkeypatch):
+    real_put = sink.SparseFile.put
+
+    def corrupting_put(self, offset, data):
+        real_put(self, offset, data)
+        os.pwrite(self.fd, b"\xee", 12 * MiB)  # a byte where the source has a hole
+
+    monkeypatch.setattr(sink.SparseFile, "put", corrupting_put)
+    with pytest.raises(VhdError, match=f"differs in the page at offset {12 * MiB:,}"):
+        snapshot(fixed_with_zeros, tmp_path / "copy.vhd", verify=True)
+    assert sorted(tmp_path.iterdir()) == [fixed_with_zeros]
 
 
 def test_the_source_is_only_ever_opened_read_only(fixed_with_zeros, tmp_path, monkeypatch):

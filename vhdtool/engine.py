@@ -99,13 +99,16 @@ def scanned_bytes(source: Source, granularity: int = PAGE) -> int:
 def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.ndarray:
     """Per page of `granularity` bytes, whether any of its words is non-zero.
 
-    Two cheap answers come first: a page whose first word is non-zero is data (a chunk of
-    data is settled by one word per page), and a chunk whose largest word is 0 is all
-    zeros. Only mixed chunks pay for the full per-page OR (`out` is its scratch).
+    Cheap answers come first: a chunk starting with a zero word is likely all zeros, which
+    one vectorised max settles; a page whose first word is non-zero is data, so a chunk of
+    data is settled by one word per page. Only mixed chunks pay for the full per-page OR
+    (`out` is its scratch).
     """
     pages = words.reshape(-1, granularity // 8)
+    if words[0] == 0 and words.max() == 0:
+        return np.zeros(len(pages), dtype=bool)
     first = pages[:, 0] != 0
-    if first.all() or (not first.any() and words.max() == 0):
+    if first.all():
         return first
     return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
 

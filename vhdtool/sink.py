@@ -11,7 +11,6 @@ fsync of the atomic output finds little left to do.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import functools
@@ -31,6 +30,8 @@ SYNC_FILE_RANGE_WRITE = 2
 
 @functools.cache
 def _sync_file_range():
+    import ctypes  # only once something is written: keeps start-up light
+
     func = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
     if func is not None:
         func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -66,6 +67,10 @@ class SparseFile:
         os.ftruncate(out.fd, size)
 
     @property
+    def fd(self) -> int:
+        return self.out.fd
+
+    @property
     def path(self) -> Path:
         """The destination; after the `sparse_output` block, the name actually taken."""
         return self.out.path
@@ -76,7 +81,7 @@ class SparseFile:
         if self.origin is None:
             return False
         try:
-            fcntl.ioctl(self.out.fd, FICLONE, self.origin)
+            fcntl.ioctl(self.fd, FICLONE, self.origin)
         except OSError:
             return False
         return True
@@ -84,18 +89,18 @@ class SparseFile:
     def put(self, offset: int, data: memoryview) -> None:
         """Store one non-zero run at `offset` (`data` equals origin's bytes there, if any)."""
         if not (self.copy_ranges and self._copy_from_origin(offset, len(data))):
-            pwrite_all(self.out.fd, data, offset)
+            pwrite_all(self.fd, data, offset)
         self.written += len(data)
         self._unsynced += len(data)
         if self._unsynced >= WRITEBACK_STEP:
-            start_writeback(self.out.fd)
+            start_writeback(self.fd)
             self._unsynced = 0
 
     def _copy_from_origin(self, offset: int, length: int) -> bool:
         done = 0
         try:
             while done < length:
-                n = os.copy_file_range(self.origin, self.out.fd, length - done, offset + done, offset + done)
+                n = os.copy_file_range(self.origin, self.fd, length - done, offset + done, offset + done)
                 if n == 0:  # origin shorter than expected: let pwrite write what was read
                     return False
                 done += n

@@ -20,7 +20,7 @@ import numpy as np
 from vhdtool import ranges
 from vhdtool.engine import nonzero_data, progress_bar, scan
 from vhdtool.errors import FormatError, VhdError
-from vhdtool.image import Disk, locate_footer, open_disk
+from vhdtool.image import Disk, FlatDisk, locate_footer, open_disk
 from vhdtool.sink import SparseFile, sparse_output
 
 
@@ -75,8 +75,8 @@ def snapshot(
                 copy_runs(source, out)
                 if fingerprint(os.fstat(source.fd)) != before:
                     raise VhdError("was modified while being copied; no snapshot was written", src)
-    if verify:
-        compare(src, out.path)
+            if verify:  # before the copy gets its name: a copy that fails is never published
+                compare(source, FlatDisk(target, out.fd, os.fstat(out.fd), out.size, "raw"))
     return SnapshotResult(out.path, source.file_size, out.written, reflinked, verify)
 
 
@@ -101,10 +101,11 @@ class Difference:
         np.bitwise_xor(mine, other, out=mine)
 
 
-def compare(a: Path, b: Path) -> None:
-    """Re-read both files (where either may hold data) and require identical bytes."""
-    with open_disk(a, raw=True) as left, open_disk(b, raw=True) as right:
-        if left.virtual_size != right.virtual_size:
-            raise VhdError(f"verify failed: {right.virtual_size:,} bytes, the source has {left.virtual_size:,}", b)
-        for start, _ in nonzero_data(scan(Difference(left, right))):
-            raise VhdError(f"verify failed: differs from {a} in the page at offset {start:,}", b)
+def compare(source: Disk, copy: Disk) -> None:
+    """Re-read both (where either may hold data) and require identical bytes."""
+    if source.virtual_size != copy.virtual_size:
+        raise VhdError(f"verify failed: the copy has {copy.virtual_size:,} bytes, the source "
+                       f"{source.virtual_size:,}; no snapshot was written", source.path)
+    for start, _ in nonzero_data(scan(Difference(source, copy))):
+        raise VhdError(f"verify failed: the copy differs in the page at offset {start:,}; "
+                       "no snapshot was written", source.path)
