@@ -6,7 +6,7 @@ allocates only the data. The MD5 of the whole content is computed on the way (ga
 as zeros) and checked against the blob's Content-MD5 when it has one.
 
 Atomic and resumable: the data goes to ".NAME.vhdtool-partial" beside DEST and its progress
-to ".NAME.vhdtool-partial.json" (the blob URL without credentials, its ETag and length, and
+to ".NAME.vhdtool-partial.json" (account, container and blob names, the blob's ETag and length, and
 the offset below which everything is written and fsynced). DEST appears only once complete
 and checked. A re-run continues from that offset if the blob is unchanged (same ETag), and
 starts again otherwise; every read is conditional on that ETag.
@@ -33,13 +33,12 @@ from vhdtool.image import open_disk
 from vhdtool.output import TEMP_SUFFIX, PendingOutput, check_destination, publish, sync_folder
 from vhdtool.sink import SparseFile
 
-CHECKPOINT_BYTES = 64 * 1024 * 1024  # fsync and record progress this often
-
 
 @dataclass(frozen=True)
 class DownloadOptions:
     workers: int = 4  # parallel ranged GETs
     force: bool = False  # replace an existing DEST
+    checkpoint: int = 64 * 1024 * 1024  # fsync and record progress every this many bytes
     timeout: float = 120.0
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
@@ -69,7 +68,10 @@ class Partial:
     @classmethod
     def beside(cls, dest: Path, location: BlobLocation, info: BlobInfo) -> Partial:
         stem = dest.with_name(f".{dest.name}{TEMP_SUFFIX}")
-        identity = {"url": location.url, "etag": info.etag, "size": info.size}
+        # The blob by name, not by URL: a re-run may reach it another way (SAS URL, connection
+        # string); the ETag changes with every write to it.
+        identity = {"account": location.account_name, "container": location.container, "blob": location.name,
+                    "etag": info.etag, "size": info.size}
         return cls(stem, stem.with_name(stem.name + ".json"), identity)
 
     def resumable_offset(self) -> int:
@@ -122,7 +124,7 @@ def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, sta
             for offset, data in nonzero_data([chunk]):
                 out.put(offset, data)
             end = chunk.offset + len(chunk.view)
-            if end - checkpoint >= CHECKPOINT_BYTES:
+            if end - checkpoint >= options.checkpoint:
                 os.fsync(out.out.fd)
                 partial.record(end)
                 checkpoint = end

@@ -8,7 +8,7 @@ anything the service refused (authentication, conflicts, a missing container...)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from vhdtool import ranges
@@ -143,22 +143,60 @@ class PageBlob:
             raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
         self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data), lease=lease)
 
-    def read(self, offset: int, length: int, etag: str | None = None) -> bytes:
-        """One ranged GET; with `etag`, it fails (412) if the blob has changed since."""
-        from azure.core import MatchConditions
+    def _stream(self, offset: int, length: int, etag: str | None) -> tuple[BlobProperties, Iterator[bytes]]:
+        """Start one ranged GET; with `etag`, it fails (412) if the blob has changed since.
 
-        condition = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        Through the SDK's generated operation, not `download_blob`: for a page blob, the
+        SDK's downloader follows every read with a Get Page Ranges of the whole blob, which
+        would turn each 4 MiB read into a full listing.
+        """
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob._deserialize import deserialize_blob_properties
+        from azure.storage.blob._generated.models import ModifiedAccessConditions
+        from azure.storage.blob._shared.response_handlers import process_storage_error
 
-        def get() -> bytes:
-            return self.client.download_blob(offset=offset, length=length, max_concurrency=1, **condition).readall()
+        def keep(response: object, chunks: Iterator[bytes], headers: dict) -> tuple[BlobProperties, Iterator[bytes]]:
+            return deserialize_blob_properties(response, chunks, headers), chunks
+
+        try:
+            return self.client._client.blob.download(
+                range=f"bytes={offset}-{offset + length - 1}",
+                modified_access_conditions=ModifiedAccessConditions(if_match=etag) if etag else None,
+                cls=keep,
+            )
+        except HttpResponseError as error:
+            process_storage_error(error)  # raises the SDK's specific error, with its code
+            raise
+
+    def get(self, offset: int, length: int) -> tuple[bytes, BlobProperties | None]:
+        """Bytes [offset, offset + length) and the blob's properties (a GET answers with all of
+        them, metadata included); (b"", None) when the blob has no byte at `offset` (416)."""
+        from azure.core.exceptions import HttpResponseError
+
+        def get() -> tuple[bytes, BlobProperties | None]:
+            try:
+                props, chunks = self._stream(offset, length, None)
+            except HttpResponseError as error:
+                if error.status_code == 416:
+                    return b"", None
+                raise
+            return b"".join(chunks), props
 
         return self.call(f"reading {length:,} bytes at offset {offset:,}", get)
 
     def readinto(self, offset: int, buf: memoryview, etag: str | None = None) -> None:
-        data = self.read(offset, len(buf), etag)
-        if len(data) != len(buf):
-            raise TransferError(f"short read: {len(data):,} of {len(buf):,} bytes at offset {offset:,}", self.location)
-        buf[:] = data
+        """Fill `buf` from the blob at `offset` (the engine's `Source.readinto`), no copy kept."""
+
+        def read() -> None:
+            _, chunks = self._stream(offset, len(buf), etag)
+            done = 0
+            for chunk in chunks:
+                buf[done : done + len(chunk)] = chunk
+                done += len(chunk)
+            if done != len(buf):
+                raise ConnectionError(f"short read: {done:,} of {len(buf):,} bytes")
+
+        self.call(f"reading {len(buf):,} bytes at offset {offset:,}", read)
 
     def set_content_md5(self, md5: bytes, lease: str | None) -> None:
         from azure.storage.blob import ContentSettings

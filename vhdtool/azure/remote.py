@@ -17,11 +17,12 @@ from construct import Container
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.retry import RetryPolicy
+from vhdtool.errors import VhdError
 from vhdtool.format.footer import FOOTER_SIZE, parse_footer
 from vhdtool.ranges import Range
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobClient, BlobProperties
+    from azure.storage.blob import BlobProperties
 
 SECTOR = 512
 PAGE_BLOB = "PageBlob"
@@ -74,27 +75,25 @@ class BlobEnds:
         return parse_footer(self.tail) if len(self.tail) == FOOTER_SIZE else None
 
 
-def _first_sector(client: BlobClient) -> tuple[bytes, BlobProperties, int]:
-    """The first sector, the properties and the blob's length from one ranged GET."""
-    from azure.core.exceptions import HttpResponseError
-
-    try:
-        download = client.download_blob(offset=0, length=SECTOR, max_concurrency=1)
-    except HttpResponseError as exc:
-        if exc.status_code != 416:  # 416: an empty blob has no byte 0
-            raise
-        return b"", client.get_blob_properties(), 0
-    data, props = download.readall(), download.properties
-    total = props.content_range.rpartition("/")[2] if props.content_range else ""
-    return data, props, int(total) if total.isdigit() else len(data)
-
-
 def read_blob_ends(location: BlobLocation, *, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()) -> BlobEnds:
-    """Properties, first sector and footer of the blob at `location`, in two ranged GETs."""
+    """Properties, first sector and footer of the blob at `location`, in two ranged GETs
+    (one GET and the properties for an empty blob, which has no byte to get)."""
     with PageBlob(location, connections=1, timeout=timeout, retry=retry) as blob:
-        head, props, size = blob.call("reading the first sector", _first_sector, blob.client)
-        tail = blob.read(size - FOOTER_SIZE, FOOTER_SIZE) if size > FOOTER_SIZE else head[-FOOTER_SIZE:]
+        head, props = blob.get(0, SECTOR)
+        if props is None:
+            props, size = blob.properties(), 0
+            if props is None:
+                raise VhdError("no such blob", location)
+        else:
+            size = _total_size(props.content_range, len(head))
+        tail = blob.get(size - FOOTER_SIZE, FOOTER_SIZE)[0] if size > FOOTER_SIZE else head[-FOOTER_SIZE:]
     return BlobEnds(BlobInfo.from_properties(props, size), head, tail)
+
+
+def _total_size(content_range: str | None, fallback: int) -> int:
+    """The blob's length from a ranged answer's "bytes 0-511/LENGTH"."""
+    total = (content_range or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else fallback
 
 
 class BlobSource:
