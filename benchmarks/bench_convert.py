@@ -4,7 +4,7 @@
 The image is made by qemu-img/qemu-io (1 MiB pieces at seeded random places), converted by
 both tools in one run, interleaved, outputs removed between runs. Target (issue 5):
 vhdtool <= 0.8x qemu-img's wall time, peak RSS <= 150 MiB, reading only allocated blocks.
-Usage: python benchmarks/bench_convert.py [--size-gib 8] [--repeats 3] [--dir DIR]
+Usage: python benchmarks/bench_convert.py [--size-gib 8] [--repeats 3] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GiB, MiB, check, interleaved, print_table, ratio  # noqa: E402
+from common import GiB, MiB, add_json_option, check, interleaved, print_table, ratio, write_json  # noqa: E402
 
 
 def make_image(path: Path, size: int, fraction: float, seed: int = 1) -> int:
@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument("--size-gib", type=float, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None)
+    add_json_option(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp:
         tmp = Path(tmp)
@@ -54,6 +55,7 @@ def main() -> int:
         print_table("convert dynamic -> fixed", results)
         ok = check("vhdtool / qemu-img wall time", ratio(results, *commands), 0.8)
         ok &= check("vhdtool peak RSS", results["vhdtool convert --to fixed"].peak_rss / MiB, 150, " MiB")
+    write_json(args.json)
     return 0 if ok else 1
 
 

@@ -9,7 +9,7 @@ Then runs, interleaved, `vhdtool snapshot`, `cp --sparse=auto`, `cp --sparse=alw
 printing median wall times, peak RSS, the ratios against the issue's targets, and the zero
 scan throughput in GB/s on cached data.
 
-Usage: python benchmarks/bench_snapshot.py [--dir SCRATCH] [--repeats N] [--size-gib N]
+Usage: python benchmarks/bench_snapshot.py [--dir SCRATCH] [--repeats N] [--size-gib N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import GiB, MiB, check, interleaved, print_table, ratio  # noqa: E402
+from common import GiB, MiB, add_json_option, check, interleaved, print_table, ratio, write_json  # noqa: E402
 from vhdtool.create import create  # noqa: E402
 from vhdtool.engine import CHUNK, PAGE, nonzero_pages, nonzero_runs, scan  # noqa: E402
 from vhdtool.format.footer import DiskType  # noqa: E402
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size-gib", type=int, default=8)
+    add_json_option(parser)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vhdtool-bench-", dir=args.dir))
     try:
@@ -184,6 +185,7 @@ def main() -> None:
         ]
         print(f"  context: (a) vhdtool / (cp --sparse=auto + sync) = {ratio(a, v, 'cp --sparse=auto + sync'):.2f}x")
         print(f"\n{sum(results)}/{len(results)} targets met")
+        write_json(args.json)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,0 +1,1 @@
+"""`vhdtool bench` and the measuring it shares with the scripts in benchmarks/."""
