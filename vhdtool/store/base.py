@@ -1,0 +1,132 @@
+"""What a VM-image store holds and the one interface its two back ends implement.
+
+A store keeps VHDs (one flat namespace: a folder, or a container's page blobs) and JSON
+records of two kinds, images and VMs, each named. Records refer to VHDs by name, so a record
+never depends on where the store is mounted, and by URI, for other tools. Nothing stored
+ever holds a credential.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vhdtool.azure.location import BlobLocation
+
+IMAGE, VM = "images", "vms"  # record kinds: also their folder (or blob prefix) in the store
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CopyTrail:
+    """How one VHD came into the store, as Azure reports a Copy Blob (x-ms-copy-*)."""
+
+    id: str
+    source: str  # path, or blob URL with any SAS signature redacted
+    method: str  # reflink, sparse-copy, download, upload, copy-blob
+    status: str  # success (anything else is an error, and no VHD is kept)
+    bytes_copied: int
+    bytes_total: int
+    completion_time: str  # ISO 8601, UTC
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "method": self.method,
+            "status": self.status,
+            "progress": f"{self.bytes_copied}/{self.bytes_total}",
+            "bytesCopied": self.bytes_copied,
+            "bytesTotal": self.bytes_total,
+            "completionTime": self.completion_time,
+        }
+
+
+@dataclass(frozen=True)
+class StoredDisk:
+    """A VHD the store now holds: its name there, URI, size in bytes, Content-MD5 (base64)."""
+
+    name: str
+    uri: str
+    size: int
+    md5: str | None
+    trail: CopyTrail
+
+
+@dataclass(frozen=True)
+class DiskEntry:
+    """A VHD found in the store: what `orphans` lists."""
+
+    name: str
+    uri: str
+    size: int  # bytes (a page blob's length, a file's length)
+    allocated: int | None  # bytes actually stored (local: blocks on disk), when known
+    busy: str | None  # why it must not be deleted now (open for writing, leased), or None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "uri": self.uri, "size": self.size, "allocated": self.allocated,
+                "busy": self.busy}
+
+
+class Store(ABC):
+    """A local folder or an Azure container holding VHDs and image/VM records."""
+
+    kind: str  # "local" or "azure"
+    # Captured VHDs carry .vhd locally; on Azure they are named as Azure names them, without.
+    capture_suffix: str
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is: a path, or the container URL with any SAS redacted."""
+
+    @abstractmethod
+    def uri(self, name: str) -> str:
+        """The VHD's URI without credentials (file:// locally, the blob URL on Azure)."""
+
+    @abstractmethod
+    def has_vhd(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def copy_in(self, source: Path | BlobLocation, name: str, *, numbered: bool, metadata: dict[str, str],
+                md5: bool, log: Log) -> StoredDisk:
+        """Copy a disk into the store as `name`, or with `numbered` as its first free "-NN"
+        variant (before any .vhd suffix), chosen race-safely: two copies never take one name.
+        `metadata` goes on the blob (Azure); Content-MD5 is computed unless the copy has it."""
+
+    @abstractmethod
+    def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
+        """A fresh copy of the store's VHD `name` as `new_name`, refused if that is taken."""
+
+    def resolve(self, source: Path | BlobLocation) -> Path | BlobLocation:
+        """The source as this store reaches it (Azure: with the store's credential if needed)."""
+        return source
+
+    @abstractmethod
+    def vhds(self) -> list[DiskEntry]:
+        """Every VHD in the store."""
+
+    @abstractmethod
+    def busy(self, name: str) -> str | None:
+        """Why the VHD is in use (open for writing, leased), or None."""
+
+    @abstractmethod
+    def delete_vhd(self, name: str) -> None: ...
+
+    @abstractmethod
+    def read_record(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        """Every record of a kind, sorted by name."""
+
+    @abstractmethod
+    def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
+        """Write a new record; a VhdError if one of that name exists (even one created a moment
+        ago by another process: the create is exclusive)."""
+
+    @abstractmethod
+    def delete_record(self, kind: str, name: str) -> None: ...

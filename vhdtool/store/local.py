@@ -1,0 +1,138 @@
+"""The local store: a folder with vhds/ (the VHD files), images/ and vms/ (JSON records).
+
+VHDs come in through `snapshot` (sparse, byte-identical, reflinked where the filesystem can):
+each is first written under a hidden temporary name in vhds/, then given its final name by
+the same race-safe link(2) as every atomic output (`output.publish`, numbered "-NN" on a
+taken name). What Azure keeps in blob metadata is kept in the records. "In use" is another
+process holding the file open for writing (see vhdtool.store.writers).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vhdtool.errors import VhdError
+from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
+from vhdtool.store.writers import busy_reason, in_use, writers
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def file_md5(path: Path, size: int) -> str:
+    """Content-MD5 (base64) of a sparse file: its data read, its holes hashed as zeros."""
+    from vhdtool.azure.stream import ContentMd5
+    from vhdtool.download import rehash
+
+    md5 = ContentMd5()
+    rehash(md5, path, size)
+    return base64.b64encode(md5.digest(size)).decode()
+
+
+class LocalStore(Store):
+    kind = "local"
+    capture_suffix = ".vhd"
+
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().absolute()
+        self.vhd_dir = self.root / "vhds"
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def uri(self, name: str) -> str:
+        return (self.vhd_dir / name).as_uri()
+
+    def has_vhd(self, name: str) -> bool:
+        return (self.vhd_dir / name).exists()
+
+    def copy_in(self, source: Any, name: str, *, numbered: bool, metadata: dict[str, str],
+                md5: bool, log: Log) -> StoredDisk:
+        from vhdtool.output import PendingOutput, publish, sync_folder, temp_name
+        from vhdtool.snapshot import snapshot
+
+        if not isinstance(source, Path):
+            raise VhdError("a local store takes local VHD files; capture blobs into an Azure store "
+                           "(--store with a container URL), or download them first", source)
+        dest = self.vhd_dir / name
+        self.vhd_dir.mkdir(parents=True, exist_ok=True)
+        staging = temp_name(dest)
+        try:
+            copied = snapshot(source, staging)
+            digest = file_md5(staging, copied.size) if md5 else None
+            final = publish(PendingOutput(-1, dest, staging), force=False, numbered=numbered)
+            sync_folder(final)
+        finally:
+            staging.unlink(missing_ok=True)
+        trail = CopyTrail(str(uuid.uuid4()), str(source), "reflink" if copied.reflinked else "sparse-copy",
+                          "success", copied.size, copied.size, utc_now())
+        return StoredDisk(final.name, final.as_uri(), copied.size, digest, trail)
+
+    def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
+        from vhdtool.snapshot import snapshot
+
+        source = self.vhd_dir / name
+        copied = snapshot(source, self.vhd_dir / new_name)
+        trail = CopyTrail(str(uuid.uuid4()), str(source), "reflink" if copied.reflinked else "sparse-copy",
+                          "success", copied.size, copied.size, utc_now())
+        return StoredDisk(copied.path.name, copied.path.as_uri(), copied.size, None, trail)
+
+    def vhds(self) -> list[DiskEntry]:
+        try:
+            names = sorted(os.listdir(self.vhd_dir))
+        except FileNotFoundError:
+            return []
+        # hidden names are outputs still being written
+        paths = [self.vhd_dir / n for n in names if not n.startswith(".") and (self.vhd_dir / n).is_file()]
+        busy = writers(paths)
+        found = []
+        for path in paths:
+            st = path.stat()
+            found.append(DiskEntry(path.name, path.as_uri(), st.st_size, st.st_blocks * 512,
+                                   busy_reason(busy.get(path))))
+        return found
+
+    def busy(self, name: str) -> str | None:
+        return in_use(self.vhd_dir / name)
+
+    def delete_vhd(self, name: str) -> None:
+        (self.vhd_dir / name).unlink()
+
+    def record_path(self, kind: str, name: str) -> Path:
+        return self.root / kind / f"{name}.json"
+
+    def read_record(self, kind: str, name: str) -> dict[str, Any] | None:
+        path = self.record_path(kind, name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise VhdError(f"unreadable record: {exc}", path) from None
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        names = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+        return [r for r in (self.read_record(kind, n) for n in names) if r is not None]
+
+    def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
+        from vhdtool.output import atomic_file
+
+        path = self.record_path(kind, name)
+        if path.exists():
+            raise VhdError("a record of that name already exists", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as out:  # exclusive: link(2) fails if the name appeared meanwhile
+            os.write(out.fd, (json.dumps(record, indent=2) + "\n").encode())
+
+    def delete_record(self, kind: str, name: str) -> None:
+        self.record_path(kind, name).unlink()

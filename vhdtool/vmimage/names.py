@@ -1,0 +1,47 @@
+"""Names and enumerations of VM images, as Azure spells them.
+
+Image and VM names become file and blob names, so only a safe subset is taken: letters,
+digits, '.', '_' and '-', starting with a letter or digit, no "..", at most 80 characters.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from vhdtool.errors import VhdError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+OS_TYPES = {"windows": "Windows", "linux": "Linux"}
+OS_STATES = {"generalized": "Generalized", "specialized": "Specialized"}
+CACHING = {"readonly": "ReadOnly", "readwrite": "ReadWrite", "none": "None"}
+OS_CACHING_DEFAULT = "ReadWrite"  # Azure's defaults: ReadWrite for the OS disk, None for data
+DATA_CACHING_DEFAULT = "None"
+MAX_LUN = 63
+OS_DISK, DATA_DISK = "OSDisk", "DataDisk"  # microsoftazurecompute_imagetype
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_RE.match(name) or ".." in name:
+        raise VhdError(f"{what} name {name!r} is not usable: 1-80 letters, digits, '.', '_' or '-', "
+                       "starting with a letter or digit, no '..' (it names files and blobs)")
+    return name
+
+
+def choice(value: str, allowed: dict[str, str], option: str) -> str:
+    """The canonical spelling of a case-insensitive choice."""
+    try:
+        return allowed[value.lower()]
+    except KeyError:
+        raise VhdError(f"{option}: '{value}' is not one of {', '.join(allowed.values())}") from None
+
+
+def captured_name(image: str, lun: int | None, day: date, suffix: str) -> str:
+    """<image>-os-YYYY-MM-DD or <image>-datadisk-<lun>-YYYY-MM-DD, plus the store's suffix."""
+    role = "os" if lun is None else f"datadisk-{lun}"
+    return f"{image}-{role}-{day:%Y-%m-%d}{suffix}"
+
+
+def deployed_name(vm: str, lun: int | None) -> str:
+    """<vm>-os.vhd or <vm>-datadisk-<lun>.vhd."""
+    return f"{vm}-os.vhd" if lun is None else f"{vm}-datadisk-{lun}.vhd"
