@@ -331,6 +331,154 @@ def download(
                f"{checked}, {done.retries} retries, {done.seconds:.2f} s")
 
 
+image_app = typer.Typer(
+    name="image",
+    help=(
+        "VM images as Azure keeps them: capture a VM's disks as a reusable image, list, show, "
+        "deploy, delete, and find orphaned VHDs.\n\n"
+        "Store: --store PATH (a local folder) or --store URL (an Azure container URL with a SAS "
+        "token), or --container NAME with a connection string; default $VHDTOOL_STORE, else "
+        "$XDG_DATA_HOME/vhdtool/store (~/.local/share/vhdtool/store).\n\n"
+        "Exit codes: 0 ok, 1 a disk fails check --target azure, 2 unusable input or usage, "
+        "3 transfer interrupted."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(image_app)
+
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Local store folder, or Azure container URL with a SAS token (default: $VHDTOOL_STORE, else ~/.local/share/vhdtool/store).")]
+StoreContainerOpt = Annotated[Optional[str], typer.Option("--container", help="Azure store: the container, with --connection-string or $AZURE_STORAGE_CONNECTION_STRING.")]
+
+
+def image_store(store: Optional[str], container: Optional[str], connection_string: Optional[str]) -> Any:
+    from vhdtool.store import open_store
+
+    return open_store(store, container=container, connection_string=connection_string)
+
+
+@image_app.command("capture")
+def image_capture(
+    name: Annotated[str, typer.Argument(help="Image name: letters, digits, '.', '_', '-'.")],
+    os_disk: Annotated[str, typer.Option("--os-disk", help="The OS disk: a VHD file, or a page blob URL (Azure store).")],
+    os_type: Annotated[str, typer.Option("--os-type", help="windows or linux.")],
+    os_state: Annotated[str, typer.Option("--os-state", help="generalized (sysprep / waagent -deprovision; the VM is stopped) or specialized (may be running: crash-consistent).")],
+    data_disk: Annotated[Optional[list[str]], typer.Option("--data-disk", help="LUN=SRC[,caching=ReadOnly|ReadWrite|None] (caching default None); repeat for each data disk.")] = None,
+    os_caching: Annotated[str, typer.Option("--os-caching", help="Host caching of the OS disk: ReadOnly, ReadWrite or None.")] = "ReadWrite",
+    label: Annotated[Optional[str], typer.Option("--label", help="A description kept with the image.")] = None,
+    source_vm: Annotated[Optional[str], typer.Option("--source-vm", help="The VM the disks belong to, kept as microsoftazurecompute_capturedvmkey (default: a key of the disk set).")] = None,
+    no_md5: Annotated[bool, typer.Option("--no-md5", help="Skip computing Content-MD5 where a copy has none (a local copy: hashing reads every byte, holes as zeros).")] = False,
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Capture a VM's disks as image NAME, as Azure does.
+
+    Each disk must pass check --target azure. All are then copied into the store at once, as
+    NAME-os-YYYY-MM-DD and NAME-datadisk-LUN-YYYY-MM-DD (UTC date, -NN added if the name is
+    taken; .vhd in a local store), and the image record is written. A generalized disk in use
+    (leased blob, file open for writing) is refused. Nothing is left behind on failure.
+    """
+    from vhdtool.vmimage.capture import CaptureRequest, capture
+    from vhdtool.vmimage.disks import DiskSpec, parse_data_disk
+    from vhdtool.vmimage.names import CACHING, choice
+    from vhdtool.vmimage.render import image_lines
+
+    request = CaptureRequest(
+        name, DiskSpec(None, os_disk, choice(os_caching, CACHING, "--os-caching")),
+        [parse_data_disk(text) for text in data_disk or []], os_type, os_state, label, source_vm, md5=not no_md5,
+    )
+    record = capture(image_store(store, container, connection_string), request, log=note)
+    emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
+
+
+@image_app.command("list")
+def image_list(
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the images in the store."""
+    from vhdtool.vmimage.catalog import list_images
+    from vhdtool.vmimage.render import list_lines
+
+    rows = list_images(image_store(store, container, connection_string))
+    emit_json(rows) if as_json else typer.echo("\n".join(list_lines(rows)))
+
+
+@image_app.command("show")
+def image_show(
+    name: Annotated[str, typer.Argument(help="Image name.")],
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an image: OS, state, capture time, and every disk with its copy trail."""
+    from vhdtool.vmimage.records import load_image
+    from vhdtool.vmimage.render import image_lines
+
+    record = load_image(image_store(store, container, connection_string), name)
+    emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
+
+
+@image_app.command("deploy")
+def image_deploy(
+    name: Annotated[str, typer.Argument(help="Image name.")],
+    vm: Annotated[str, typer.Option("--vm", help="Name of the new VM.")],
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deploy a VM from image NAME: fresh copies of its disks and a VM record.
+
+    The copies are VM-os.vhd and VM-datadisk-LUN.vhd (never the image's own VHDs, never an
+    existing VHD); the record is shaped like Azure's storage profile (createOption FromImage).
+    """
+    from vhdtool.vmimage.deploy import deploy
+    from vhdtool.vmimage.render import vm_lines
+
+    record = deploy(image_store(store, container, connection_string), name, vm, log=note)
+    emit_json(record) if as_json else typer.echo("\n".join(vm_lines(record)))
+
+
+@image_app.command("delete")
+def image_delete(
+    name: Annotated[str, typer.Argument(help="Image name.")],
+    delete_disks: Annotated[bool, typer.Option("--delete-disks", help="Also delete its VHDs (never one another record uses or one in use).")] = False,
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete image NAME; like Azure, its VHDs stay unless --delete-disks.
+
+    The VHDs left behind are listed: they are still stored (and billed) until deleted.
+    """
+    from vhdtool.vmimage.catalog import delete_image
+    from vhdtool.vmimage.render import delete_lines
+
+    result = delete_image(image_store(store, container, connection_string), name, delete_disks)
+    emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
+
+
+@image_app.command("orphans")
+def image_orphans(
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the VHDs in the store that no image or VM record refers to, with their sizes."""
+    from vhdtool.vmimage.catalog import orphans
+    from vhdtool.vmimage.render import orphan_lines
+
+    found = orphans(image_store(store, container, connection_string))
+    emit_json([e.to_dict() for e in found]) if as_json else typer.echo("\n".join(orphan_lines(found)))
+
+
 def main() -> None:
     """Console entry point: one-line errors and documented exit codes, never a traceback."""
     try:
