@@ -53,14 +53,11 @@ class LocalStore(Store):
     def has_vhd(self, name: str) -> bool:
         return (self.vhd_dir / name).exists()
 
-    def copy_in(self, source: Any, name: str, *, numbered: bool, metadata: dict[str, str],
+    def copy_in(self, source: Path, name: str, *, numbered: bool, metadata: dict[str, str],
                 md5: bool, log: Log) -> StoredDisk:
         from vhdtool.output import PendingOutput, publish, sync_folder, temp_name
         from vhdtool.snapshot import snapshot
 
-        if not isinstance(source, Path):
-            raise VhdError("a local store takes local VHD files; capture blobs into an Azure store "
-                           "(--store with a container URL), or download them first", source)
         dest = self.vhd_dir / name
         self.vhd_dir.mkdir(parents=True, exist_ok=True)
         staging = temp_name(dest)
@@ -74,6 +71,12 @@ class LocalStore(Store):
         trail = CopyTrail(str(uuid.uuid4()), str(source), "reflink" if copied.reflinked else "sparse-copy",
                           "success", copied.size, copied.size, utc_now())
         return StoredDisk(final.name, final.as_uri(), copied.size, digest, trail)
+
+    def resolve(self, source: Any) -> Path:
+        if not isinstance(source, Path):
+            raise VhdError("a local store takes local VHD files; capture blobs into an Azure store "
+                           "(--store with a container URL), or download them first", source)
+        return source
 
     def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
         from vhdtool.snapshot import snapshot
@@ -128,11 +131,14 @@ class LocalStore(Store):
         from vhdtool.output import atomic_file
 
         path = self.record_path(kind, name)
-        if path.exists():
-            raise VhdError("a record of that name already exists", path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as out:  # exclusive: link(2) fails if the name appeared meanwhile
-            os.write(out.fd, (json.dumps(record, indent=2) + "\n").encode())
+        try:
+            with atomic_file(path) as out:  # exclusive: link(2) fails if the name is taken, even meanwhile
+                os.write(out.fd, (json.dumps(record, indent=2) + "\n").encode())
+        except VhdError:
+            if path.exists():
+                raise VhdError("a record of that name already exists", path) from None
+            raise
 
     def delete_record(self, kind: str, name: str) -> None:
         self.record_path(kind, name).unlink()
