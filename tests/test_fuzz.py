@@ -4,7 +4,7 @@ Every parse must either succeed or raise the project's own error (VhdError): nev
 exception, never a hang (hypothesis deadline), never unbounded memory (tracemalloc peak).
 Checksums are resealed in half the examples, so mutations reach the rules behind them.
 
-CI runs a few hundred examples; set VHDTOOL_FUZZ_EXAMPLES=100000 for the long run.
+CI runs 100 examples per test; set VHDTOOL_FUZZ_EXAMPLES=100000 for the long run.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vhdtool.image import open_disk
 from vhdtool.info import describe
 from vhdtool.writer import ParentRef, SparseImageWriter
 
-EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=timedelta(seconds=2),
