@@ -6,10 +6,9 @@ Every VHD ends with it; dynamic and differencing images also keep a copy at offs
 import uuid as uuidlib
 from enum import IntEnum
 
-from construct import Bytes, Container, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, Struct
+from construct import Bytes, Container, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
-from vhdtool.errors import FormatError
-from vhdtool.format.checksum import vhd_checksum
+from vhdtool.format.checksum import parse_exact, seal, vhd_checksum
 from vhdtool.format.geometry import Chs, chs_for_size
 from vhdtool.format.timestamp import now
 
@@ -88,12 +87,7 @@ def parse_footer(data: bytes) -> Container:
     """Decode a footer; a 511-byte Virtual PC footer is padded with its missing zero byte."""
     if len(data) == SHORT_FOOTER_SIZE:
         data = data + b"\0"
-    if len(data) != FOOTER_SIZE:
-        raise FormatError(f"footer is {len(data)} bytes, expected {FOOTER_SIZE}")
-    try:
-        return Footer.parse(data)
-    except ConstructError as exc:  # cannot happen for 512 bytes, kept as the type contract
-        raise FormatError(f"unreadable footer: {exc}") from None
+    return parse_exact(Footer, data, "footer")
 
 
 def build_footer(footer: Container) -> bytes:
@@ -107,9 +101,7 @@ def footer_checksum(data: bytes) -> int:
 
 def seal_footer(footer: Container) -> bytes:
     """Encode a footer with its checksum recomputed (and stored back into `footer`)."""
-    footer.checksum = 0
-    footer.checksum = footer_checksum(build_footer(footer))
-    return build_footer(footer)
+    return seal(Footer, footer, CHECKSUM_OFFSET)
 
 
 def geometry(footer: Container) -> Chs:

@@ -3,10 +3,10 @@
 Dynamic and differencing images keep it at the footer's data offset (normally 512).
 """
 
-from construct import Array, Bytes, Container, ConstructError, Int32ub, Int64ub, Struct
+from construct import Array, Bytes, Container, Int32ub, Int64ub, Struct
 
 from vhdtool.errors import FormatError
-from vhdtool.format.checksum import vhd_checksum
+from vhdtool.format.checksum import parse_exact, seal, vhd_checksum
 
 HEADER_SIZE = 1024
 HEADER_COOKIE = b"cxsparse"
@@ -50,12 +50,7 @@ assert DynamicHeader.sizeof() == HEADER_SIZE
 
 
 def parse_header(data: bytes) -> Container:
-    if len(data) != HEADER_SIZE:
-        raise FormatError(f"dynamic header is {len(data)} bytes, expected {HEADER_SIZE}")
-    try:
-        return DynamicHeader.parse(data)
-    except ConstructError as exc:
-        raise FormatError(f"unreadable dynamic header: {exc}") from None
+    return parse_exact(DynamicHeader, data, "dynamic header")
 
 
 def build_header(header: Container) -> bytes:
@@ -67,9 +62,7 @@ def header_checksum(data: bytes) -> int:
 
 
 def seal_header(header: Container) -> bytes:
-    header.checksum = 0
-    header.checksum = header_checksum(build_header(header))
-    return build_header(header)
+    return seal(DynamicHeader, header, HEADER_CHECKSUM_OFFSET)
 
 
 def empty_locator() -> Container:
