@@ -5,7 +5,6 @@ names and bytes, deploy, delete, orphans, leases, SAS stores and secrets, races.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 import threading
@@ -217,8 +216,7 @@ def test_concurrent_copies_never_share_a_name(kind, azurite, container, sources,
 
     def copy() -> None:
         try:
-            results.append(store.copy_in(source, "r-os-2030-01-01", numbered=True, metadata={"k": "v"}, md5=True,
-                                         log=print).name)
+            results.append(store.copy_in(source, "r-os-2030-01-01", metadata={"k": "v"}, md5=True, log=print).name)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

@@ -353,8 +353,7 @@ def test_concurrent_copies_never_share_a_name(tmp_path) -> None:
 
     def copy() -> None:
         try:
-            results.append(store.copy_in(source, "r-os-2030-01-01.vhd", numbered=True, metadata={}, md5=False,
-                                         log=print).name)
+            results.append(store.copy_in(source, "r-os-2030-01-01.vhd", metadata={}, md5=False, log=print).name)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

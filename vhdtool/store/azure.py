@@ -125,12 +125,12 @@ class AzureStore(Store):
         return ContainerLocation(here.account_url, source.container, here.account_name, sas,
                                  None if sas else here.account_key).blob(source.name)
 
-    def copy_in(self, source: Path | BlobLocation, name: str, *, numbered: bool, metadata: dict[str, str],
-                md5: bool, log: Log) -> StoredDisk:
+    def copy_in(self, source: Path | BlobLocation, name: str, *, metadata: dict[str, str], md5: bool,
+                log: Log) -> StoredDisk:
         source = self.resolve(source)
         if isinstance(source, Path):
-            return self._upload(source, name, numbered, metadata, md5, log)
-        return self._copy(source, name, numbered, metadata, md5)
+            return self._upload(source, name, metadata, md5, log)
+        return self._copy(source, name, True, metadata, md5)
 
     def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
         return self._copy(self.resolve(self.container.blob(name)), new_name, False, metadata, True)
@@ -156,18 +156,17 @@ class AzureStore(Store):
                 return StoredDisk(name, blob.location.url, props.size, digest, trail_from_copy(props, str(source)))
         raise names_taken(self.container.blob(name), numbered)
 
-    def _upload(self, source: Path, wanted: str, numbered: bool, metadata: dict[str, str], md5: bool,
-                log: Log) -> StoredDisk:
+    def _upload(self, source: Path, wanted: str, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
         """Claim the first free name with an empty page blob, then `upload` into it."""
         from vhdtool.upload import UploadOptions, upload
 
         token = str(uuid.uuid4())
-        for name in candidate_names(wanted, numbered):
+        for name in candidate_names(wanted, True):
             with PageBlob(self.container.blob(name), connections=1) as blob:
                 if claim_name(blob, token):
                     break
         else:
-            raise names_taken(self.container.blob(name), numbered)
+            raise names_taken(self.container.blob(name), True)
         location = self.container.blob(name)
         try:
             done = upload(source, location, UploadOptions(overwrite=True, md5=md5, log=log))

@@ -91,10 +91,10 @@ class Store(ABC):
     def has_vhd(self, name: str) -> bool: ...
 
     @abstractmethod
-    def copy_in(self, source: Path | BlobLocation, name: str, *, numbered: bool, metadata: dict[str, str],
-                md5: bool, log: Log) -> StoredDisk:
-        """Copy a disk into the store as `name`, or with `numbered` as its first free "-NN"
-        variant (before any .vhd suffix), chosen race-safely: two copies never take one name.
+    def copy_in(self, source: Path | BlobLocation, name: str, *, metadata: dict[str, str], md5: bool,
+                log: Log) -> StoredDisk:
+        """Copy a disk into the store as `name`, or if taken as its first free "-NN" variant
+        (before any .vhd suffix), chosen race-safely: two copies never take one name.
         `metadata` goes on the blob (Azure); Content-MD5 is computed unless the copy has it."""
 
     @abstractmethod

@@ -53,8 +53,7 @@ class LocalStore(Store):
     def has_vhd(self, name: str) -> bool:
         return (self.vhd_dir / name).exists()
 
-    def copy_in(self, source: Path, name: str, *, numbered: bool, metadata: dict[str, str],
-                md5: bool, log: Log) -> StoredDisk:
+    def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
         from vhdtool.output import PendingOutput, publish, sync_folder, temp_name
         from vhdtool.snapshot import snapshot
 
@@ -64,7 +63,7 @@ class LocalStore(Store):
         try:
             copied = snapshot(source, staging)
             digest = file_md5(staging, copied.size) if md5 else None
-            final = publish(PendingOutput(-1, dest, staging), force=False, numbered=numbered)
+            final = publish(PendingOutput(-1, dest, staging), force=False, numbered=True)
             sync_folder(final)
         finally:
             staging.unlink(missing_ok=True)

@@ -52,8 +52,7 @@ def disk_set_key(sources: list[Path | BlobLocation]) -> str:
     return f"diskset-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def check_usable(disks: list[DiskSpec], sources: list[Path | BlobLocation], os_state: str,
-                 log: Callable[[str], None]) -> list[bool]:
+def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callable[[str], None]) -> list[bool]:
     """Refuse what Azure would refuse; per disk, whether it is captured while in use."""
     in_use = []
     for source in sources:
@@ -79,13 +78,13 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
         raise VhdError(f"image {name!r} already exists in the store: delete it first (vhdtool image delete "
                        f"{name})", store.describe())
     sources = [locate(d.source, store) for d in disks]
-    in_use = check_usable(disks, sources, os_state, log)
+    in_use = check_usable(sources, os_state, log)
     now = datetime.now(timezone.utc)
     vm_key = request.vm_key or disk_set_key(sources)
     metadata = [disk_metadata(OS_DISK if d.lun is None else DATA_DISK, os_state, os_type, vm_key) for d in disks]
     stored = copy_all(store, [
         partial(store.copy_in, source, captured_name(name, d.lun, now.date(), store.capture_suffix),
-                numbered=True, metadata=meta, md5=request.md5, log=log)
+                metadata=meta, md5=request.md5, log=log)
         for d, source, meta in zip(disks, sources, metadata)
     ])
     entries = [image_disk(d, s, meta, busy) for d, s, meta, busy in zip(disks, stored, metadata, in_use)]

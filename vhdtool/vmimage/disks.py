@@ -112,9 +112,9 @@ def check_file(path: Path) -> None:
 def check_blob(location: BlobLocation) -> str | None:
     """The same Azure rules on a blob, from its properties and footer (two ranged GETs); returns
     why the blob is in use (its lease), or None."""
+    from vhdtool.azure.remote import read_blob_ends
     from vhdtool.check import Report, Severity, Target
     from vhdtool.check.target_rules import check_azure
-    from vhdtool.azure.remote import read_blob_ends
     from vhdtool.format.footer import COOKIE, footer_checksum
 
     ends = read_blob_ends(location)

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from vhdtool.errors import VhdError
 from vhdtool.store import IMAGE, VM, Store, StoredDisk
 from vhdtool.vmimage.disks import DiskSpec
-from vhdtool.vmimage.names import DATA_DISK, OS_DISK, check_name
+from vhdtool.vmimage.names import check_name
 
 SCHEMA_VERSION = 1
 GiB = 1024**3
