@@ -309,7 +309,7 @@ def test_disk_in_use_generalized_refused_specialized_warned(cli, tmp_path, write
     holder = writer(disks["data1"])
     refused = cli(*capture_args("gen", disks, store))
     assert refused.code == 2
-    assert f"data1.vhd: is in use (open for writing by process {holder.pid} (python" in refused.err
+    assert f"data1.vhd: is in use, open for writing by process {holder.pid} (python" in refused.err
     assert "a generalized image is captured from a stopped VM" in refused.err
     assert not store.exists()
 
@@ -317,7 +317,7 @@ def test_disk_in_use_generalized_refused_specialized_warned(cli, tmp_path, write
     args[args.index("generalized")] = "specialized"
     done = cli(*args)
     assert done.code == 0, done.err
-    assert f"warning: {disks['data1']} is in use (open for writing by process {holder.pid}" in done.err
+    assert f"warning: {disks['data1']} is in use, open for writing by process {holder.pid}" in done.err
     assert "crash-consistent" in done.err
     record = json.loads(done.out)
     assert [d["crashConsistent"] for d in [record["osDisk"], *record["dataDisks"]]] == [False, False, True]

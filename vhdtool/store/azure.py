@@ -40,6 +40,7 @@ T = TypeVar("T")
 CLAIM_KEY = "vhdtool_claim"  # the token of the capture or deploy that took this name
 POLL_SECONDS = 1.0  # between reads of a pending copy's state
 PAGE_BLOB = "PageBlob"
+LEASED = frozenset({"leased", "breaking"})  # a breaking lease still blocks writes and deletes
 
 
 def candidate_names(name: str, numbered: bool) -> Iterable[str]:
@@ -78,12 +79,13 @@ def blob_md5(blob: PageBlob, size: int) -> bytes:
     return md5.digest(size)
 
 
-def lease_reason(props: BlobProperties) -> str | None:
-    if str(props.lease.state or "available") != "leased":
+def lease_reason(state: str | None, duration: str | None) -> str | None:
+    """Why a blob with this lease state must be left alone, or None when it is not leased."""
+    if str(state or "available") not in LEASED:
         return None
-    duration = props.lease.duration or "fixed"
-    hint = " (a disk attached to a VM?)" if duration == "infinite" else ""
-    return f"leased ({duration} lease){hint}"
+    if duration == "infinite":
+        return "under an infinite lease (a disk attached to a VM?)"
+    return "under a lease"
 
 
 def trail_from_copy(props: BlobProperties, source: str) -> CopyTrail:
@@ -104,10 +106,7 @@ class AzureStore(Store):
         self.container = container
 
     def describe(self) -> str:
-        return self.container.redacted()
-
-    def uri(self, name: str) -> str:
-        return self.container.blob(name).url
+        return self.container.url
 
     def has_vhd(self, name: str) -> bool:
         with PageBlob(self.container.blob(name), connections=1) as blob:
@@ -187,13 +186,9 @@ class AzureStore(Store):
                 continue
             if props.name.startswith((f"{IMAGE}/", f"{VM}/")):
                 continue
-            found.append(DiskEntry(props.name, self.uri(props.name), props.size, None, lease_reason(props)))
+            found.append(DiskEntry(props.name, self.container.blob(props.name).url, props.size, None,
+                                   lease_reason(props.lease.state, props.lease.duration)))
         return found
-
-    def busy(self, name: str) -> str | None:
-        with PageBlob(self.container.blob(name), connections=1) as blob:
-            props = blob.properties()
-        return lease_reason(props) if props is not None else None
 
     def delete_vhd(self, name: str) -> None:
         with PageBlob(self.container.blob(name), connections=1) as blob:

@@ -81,11 +81,7 @@ class Store(ABC):
 
     @abstractmethod
     def describe(self) -> str:
-        """Where the store is: a path, or the container URL with any SAS redacted."""
-
-    @abstractmethod
-    def uri(self, name: str) -> str:
-        """The VHD's URI without credentials (file:// locally, the blob URL on Azure)."""
+        """Where the store is: a path, or the container URL (without any credential)."""
 
     @abstractmethod
     def has_vhd(self, name: str) -> bool: ...
@@ -108,10 +104,6 @@ class Store(ABC):
     @abstractmethod
     def vhds(self) -> list[DiskEntry]:
         """Every VHD in the store."""
-
-    @abstractmethod
-    def busy(self, name: str) -> str | None:
-        """Why the VHD is in use (open for writing, leased), or None."""
 
     @abstractmethod
     def delete_vhd(self, name: str) -> None: ...

@@ -19,7 +19,7 @@ from typing import Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
-from vhdtool.store.writers import busy_reason, in_use, writers
+from vhdtool.store.writers import busy_reason, writers
 
 
 def utc_now() -> str:
@@ -46,9 +46,6 @@ class LocalStore(Store):
 
     def describe(self) -> str:
         return str(self.root)
-
-    def uri(self, name: str) -> str:
-        return (self.vhd_dir / name).as_uri()
 
     def has_vhd(self, name: str) -> bool:
         return (self.vhd_dir / name).exists()
@@ -100,9 +97,6 @@ class LocalStore(Store):
             found.append(DiskEntry(path.name, path.as_uri(), st.st_size, st.st_blocks * 512,
                                    busy_reason(busy.get(path))))
         return found
-
-    def busy(self, name: str) -> str | None:
-        return in_use(self.vhd_dir / name)
 
     def delete_vhd(self, name: str) -> None:
         (self.vhd_dir / name).unlink()

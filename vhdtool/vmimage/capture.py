@@ -58,10 +58,10 @@ def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callabl
     for source in sources:
         busy = check_source(source)
         if busy and os_state == "Generalized":
-            raise VhdError(f"is in use ({busy}): a generalized image is captured from a stopped VM; "
+            raise VhdError(f"is in use, {busy}: a generalized image is captured from a stopped VM; "
                            "shut the VM down first", source)
         if busy:
-            log(f"warning: {source} is in use ({busy}): captured running, the copy is only "
+            log(f"warning: {source} is in use, {busy}: captured running, the copy is only "
                 "crash-consistent; shut the VM down for a consistent image")
         in_use.append(bool(busy))
     return in_use

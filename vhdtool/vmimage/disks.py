@@ -116,6 +116,7 @@ def check_blob(location: BlobLocation) -> str | None:
     from vhdtool.check import Report, Severity, Target
     from vhdtool.check.target_rules import check_azure
     from vhdtool.format.footer import COOKIE, footer_checksum
+    from vhdtool.store.azure import lease_reason
 
     ends = read_blob_ends(location)
     info = ends.info
@@ -128,9 +129,7 @@ def check_blob(location: BlobLocation) -> str | None:
     check_azure(report, Target.AZURE, footer, info.size)
     if report.count(Severity.ERROR):
         raise refusal(report, "fix: download it, run vhdtool prepare on the file, and capture the prepared file")
-    if info.lease_state == "leased":
-        return f"leased ({info.lease_duration or 'fixed'} lease)"
-    return None
+    return lease_reason(info.lease_state, info.lease_duration)
 
 
 def check_source(source: Path | BlobLocation) -> str | None:
