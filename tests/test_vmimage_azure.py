@@ -56,6 +56,7 @@ def test_capture_deploy_delete_orphans(azurite, container, sources, cli, tmp_pat
     env = conn_env(azurite)
     disks = three_disks(tmp_path)
     os_blob = put_disk(sources, "vm-os.vhd", disks["os"])
+    assert os_blob.get_blob_properties().content_settings.content_md5 is None  # so capture computes it
     args = ["image", "capture", "web", "--os-disk", os_blob.url, "--os-type", "windows", "--os-state",
             "generalized", "--data-disk", f"0={disks['data0']},caching=ReadWrite", "--data-disk",
             f"1={disks['data1']}", "--source-vm", "vm", *store_args(container), "--json"]

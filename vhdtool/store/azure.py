@@ -31,6 +31,7 @@ from vhdtool.azure.retry import Retrier, TransferError, describe, is_transient
 from vhdtool.errors import VhdError
 from vhdtool.output import MAX_NUMBER
 from vhdtool.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk
+from vhdtool.store.digest import content_md5
 from vhdtool.store.local import utc_now
 
 if TYPE_CHECKING:
@@ -67,16 +68,11 @@ def b64(md5: bytes | bytearray | None) -> str | None:
     return base64.b64encode(bytes(md5)).decode() if md5 else None
 
 
-def blob_md5(blob: PageBlob, size: int) -> bytes:
-    """MD5 of a page blob's content: its page ranges read, the gaps hashed as zeros."""
+def blob_md5(blob: PageBlob, size: int) -> str:
+    """Content-MD5 of a page blob, from its page ranges (the gaps are zeros)."""
     from vhdtool.azure.remote import BlobSource
-    from vhdtool.azure.stream import ContentMd5
-    from vhdtool.engine import scan
 
-    md5 = ContentMd5()
-    for chunk in scan(BlobSource(blob, size, blob.page_ranges(size))):
-        md5.add(chunk.offset, chunk.view)
-    return md5.digest(size)
+    return content_md5(BlobSource(blob, size, blob.page_ranges(size)), blob.location.name)
 
 
 def lease_reason(state: str | None, duration: str | None) -> str | None:
@@ -146,9 +142,8 @@ class AzureStore(Store):
                     props = wait_for_copy(blob)
                     digest = b64(props.content_settings.content_md5)
                     if digest is None and md5:
-                        raw = blob_md5(blob, props.size)
-                        blob.set_content_md5(raw, None)
-                        digest = b64(raw)
+                        digest = blob_md5(blob, props.size)
+                        blob.set_content_md5(base64.b64decode(digest), None)
                 except BaseException:
                     discard(blob)
                     raise

@@ -9,7 +9,6 @@ process holding the file open for writing (see vhdtool.store.writers).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import uuid
@@ -19,21 +18,19 @@ from typing import Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
+from vhdtool.store.digest import content_md5
 from vhdtool.store.writers import busy_reason, writers
+
+
+def file_md5(path: Path, label: str) -> str:
+    from vhdtool.image import open_disk
+
+    with open_disk(path, raw=True) as disk:
+        return content_md5(disk, label)
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def file_md5(path: Path, size: int) -> str:
-    """Content-MD5 (base64) of a sparse file: its data read, its holes hashed as zeros."""
-    from vhdtool.azure.stream import ContentMd5
-    from vhdtool.download import rehash
-
-    md5 = ContentMd5()
-    rehash(md5, path, size)
-    return base64.b64encode(md5.digest(size)).decode()
 
 
 class LocalStore(Store):
@@ -59,7 +56,7 @@ class LocalStore(Store):
         staging = temp_name(dest)
         try:
             copied = snapshot(source, staging)
-            digest = file_md5(staging, copied.size) if md5 else None
+            digest = file_md5(staging, source.name) if md5 else None
             final = publish(PendingOutput(-1, dest, staging), force=False, numbered=True)
             sync_folder(final)
         finally:
