@@ -331,6 +331,45 @@ def download(
                f"{checked}, {done.retries} retries, {done.seconds:.2f} s")
 
 
+@app.command()
+def bench(
+    size: Annotated[str, typer.Option("--size", help="Virtual size of each synthetic image.")] = "4GiB",
+    data: Annotated[float, typer.Option("--data", help="Percent of each image holding random data.")] = 10.0,
+    folder: Annotated[Optional[Path], typer.Option("--dir", help="Where the temporary folder goes (default: the system's temp folder). Choose the disk you will work on.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Measured runs of each command, after one warm-up; the median is shown.")] = 3,
+    as_json: JsonOpt = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the ratios as a PNG chart (needs: pip install 'vhdtool[plot]').")] = None,
+    blob: Annotated[Optional[str], typer.Option("--blob", help="Blob URL with a SAS token, for a blob that does not exist yet: also measure upload (the blob is deleted afterwards).")] = None,
+) -> None:
+    """Measure vhdtool against the tools on PATH (cp, qemu-img) on this machine.
+
+    Writes a sparse fixed, a dense fixed and a dynamic VHD in a temporary folder, times scan,
+    map, snapshot, convert --to fixed (and upload, with --blob) by vhdtool and by each peer,
+    interleaved, and shows median wall time, peak memory and vhdtool's time over each peer's.
+    A peer not on PATH is reported as missing. Everything created is removed, even on Ctrl-C.
+    """
+    import tempfile
+
+    from vhdtool.bench.render import as_json as report_json, ratio_bars, table
+    from vhdtool.bench.run import BenchOptions, bench as run_bench
+
+    if plot is not None:
+        from vhdtool.bench.plot import require_matplotlib
+
+        require_matplotlib("--plot")
+        if not plot.parent.is_dir():
+            raise VhdError("folder does not exist", plot.parent)
+    report = run_bench(BenchOptions(size_arg(size), data, runs, folder or Path(tempfile.gettempdir()), blob))
+    emit_json(report_json(report)) if as_json else typer.echo("\n".join(table(report)))
+    if plot is not None:
+        from vhdtool.bench.plot import ratio_chart
+
+        bars = ratio_bars(report)
+        if not bars:
+            raise VhdError("nothing to plot: no peer tool was found on PATH")
+        ratio_chart(bars, "vhdtool bench: vhdtool's time over each peer's", plot)
+
+
 image_app = typer.Typer(
     name="image",
     help=(
