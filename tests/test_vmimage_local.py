@@ -450,3 +450,18 @@ def test_cli_subprocess_errors_are_one_line(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("vhdtool: error: ") and done.stderr.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"name": "bad", "osType": "Linux"}', r"the image record 'bad' is malformed \(no 'osState'\)"),
+    ('[1, 2]', r"the image record None is malformed \(not the expected shape\)"),
+    ('{not json', r"bad\.json: unreadable record"),
+])
+def test_malformed_records_are_one_line_errors(text, message, cli, tmp_path) -> None:
+    store = tmp_path / "store"
+    (store / "images").mkdir(parents=True)
+    (store / "images" / "bad.json").write_text(text)
+    for args in (("image", "list"), ("image", "show", "bad"), ("image", "orphans"), ("image", "delete", "bad")):
+        done = cli(*args, "--store", str(store))
+        assert done.code == 2 and re.search(message, done.err) and done.err.count("\n") == 1, done.err
+    assert (store / "images" / "bad.json").read_text() == text  # not deleted by a refused delete

@@ -13,7 +13,7 @@ from typing import Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store import IMAGE, DiskEntry, Store
-from vhdtool.vmimage.records import image_disks, load_image, references
+from vhdtool.vmimage.records import image_disks, image_records, load_image, references
 
 
 def summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_images(store: Store) -> list[dict[str, Any]]:
-    return [summary(r) for r in store.records(IMAGE)]
+    return [summary(r) for r in image_records(store)]
 
 
 def delete_image(store: Store, name: str, delete_disks: bool) -> dict[str, Any]:

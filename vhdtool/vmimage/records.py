@@ -26,6 +26,8 @@ from vhdtool.vmimage.names import check_name
 SCHEMA_VERSION = 1
 GiB = 1024**3
 FOOTER = 512
+IMAGE_FIELDS = ("name", "osType", "osState", "capturedAt", "capturedVmKey", "store", "osDisk", "dataDisks")
+DISK_FIELDS = ("name", "hostCaching", "sizeBytes", "contentMd5", "location", "copy")
 
 
 def disk_metadata(role: str, os_state: str, os_type: str, vm_key: str) -> dict[str, str]:
@@ -120,11 +122,38 @@ def image_disks(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [record["osDisk"], *record.get("dataDisks", [])]
 
 
-def vm_vhds(record: dict[str, Any]) -> list[str]:
+def vm_vhds(store: Store, record: Any) -> list[str]:
     """The store names of a VM's own VHDs (from the vhd URIs of its storage profile)."""
-    profile = record.get("storageProfile", {})
-    disks = [profile.get("osDisk"), *profile.get("dataDisks", [])]
-    return [unquote(urlsplit(d["vhd"]["uri"]).path.rsplit("/", 1)[-1]) for d in disks if d]
+    try:
+        profile = record["storageProfile"]
+        disks = [profile["osDisk"], *profile.get("dataDisks", [])]
+        return [unquote(urlsplit(d["vhd"]["uri"]).path.rsplit("/", 1)[-1]) for d in disks]
+    except (KeyError, TypeError, AttributeError):
+        raise malformed(store, "VM", record) from None
+
+
+def malformed(store: Store, kind: str, record: Any, why: str = "not the expected shape") -> VhdError:
+    name = record.get("name") if isinstance(record, dict) else None
+    return VhdError(f"the {kind} record {name!r} is malformed ({why}): fix or remove it", store.describe())
+
+
+def checked_image(store: Store, record: Any) -> dict[str, Any]:
+    """The image record, once it has every field the commands read (records are plain files
+    that other tools may write)."""
+    if not isinstance(record, dict):
+        raise malformed(store, "image", record)
+    missing = [repr(k) for k in IMAGE_FIELDS if k not in record]
+    try:
+        missing = missing or [f"disk field {k!r}" for d in image_disks(record) for k in DISK_FIELDS if k not in d]
+    except TypeError:
+        raise malformed(store, "image", record) from None
+    if missing:
+        raise malformed(store, "image", record, f"no {missing[0]}")
+    return record
+
+
+def image_records(store: Store) -> list[dict[str, Any]]:
+    return [checked_image(store, r) for r in store.records(IMAGE)]
 
 
 def load_image(store: Store, name: str) -> dict[str, Any]:
@@ -132,16 +161,16 @@ def load_image(store: Store, name: str) -> dict[str, Any]:
     record = store.read_record(IMAGE, name)
     if record is None:
         raise VhdError(f"no image {name!r} in the store", store.describe())
-    return record
+    return checked_image(store, record)
 
 
 def references(store: Store, skip_image: str | None = None) -> dict[str, str]:
     """Every VHD name a record refers to, with which record ("image X", "VM Y")."""
     used: dict[str, str] = {}
     for record in store.records(VM):
-        for name in vm_vhds(record):
-            used.setdefault(name, f"VM {record['name']}")
-    for record in store.records(IMAGE):
+        for name in vm_vhds(store, record):
+            used.setdefault(name, f"VM {record.get('name')}")
+    for record in image_records(store):
         if record["name"] != skip_image:
             for disk in image_disks(record):
                 used.setdefault(disk["name"], f"image {record['name']}")
