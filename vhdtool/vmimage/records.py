@@ -143,11 +143,12 @@ def checked_image(store: Store, record: Any) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise malformed(store, "image", record)
     missing = [repr(k) for k in IMAGE_FIELDS if k not in record]
-    try:
-        missing = missing or [f"disk field {k!r}" for d in image_disks(record) for k in DISK_FIELDS if k not in d]
-        missing += ["'lun' of a data disk" for d in record["dataDisks"] if not isinstance(d.get("lun"), int)]
-    except (TypeError, AttributeError):
-        raise malformed(store, "image", record) from None
+    if not missing:
+        try:
+            missing = [f"disk field {k!r}" for d in image_disks(record) for k in DISK_FIELDS if k not in d]
+            missing += ["'lun' of a data disk" for d in record["dataDisks"] if not isinstance(d.get("lun"), int)]
+        except (TypeError, AttributeError):
+            raise malformed(store, "image", record) from None
     if missing:
         raise malformed(store, "image", record, f"no {missing[0]}")
     return record
