@@ -14,12 +14,15 @@ import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
 from vhdtool.store.digest import content_md5
 from vhdtool.store.writers import busy_reason, writers
+
+if TYPE_CHECKING:
+    from vhdtool.snapshot import SnapshotResult
 
 
 def file_md5(path: Path, label: str) -> str:
@@ -31,6 +34,11 @@ def file_md5(path: Path, label: str) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def snapshot_trail(source: Path, copied: SnapshotResult) -> CopyTrail:
+    method = "reflink" if copied.reflinked else "sparse-copy"
+    return CopyTrail(str(uuid.uuid4()), str(source), method, "success", copied.size, copied.size, utc_now())
 
 
 class LocalStore(Store):
@@ -61,9 +69,7 @@ class LocalStore(Store):
             sync_folder(final)
         finally:
             staging.unlink(missing_ok=True)
-        trail = CopyTrail(str(uuid.uuid4()), str(source), "reflink" if copied.reflinked else "sparse-copy",
-                          "success", copied.size, copied.size, utc_now())
-        return StoredDisk(final.name, final.as_uri(), copied.size, digest, trail)
+        return StoredDisk(final.name, final.as_uri(), copied.size, digest, snapshot_trail(source, copied))
 
     def resolve(self, source: Any) -> Path:
         if not isinstance(source, Path):
@@ -76,9 +82,7 @@ class LocalStore(Store):
 
         source = self.vhd_dir / name
         copied = snapshot(source, self.vhd_dir / new_name)
-        trail = CopyTrail(str(uuid.uuid4()), str(source), "reflink" if copied.reflinked else "sparse-copy",
-                          "success", copied.size, copied.size, utc_now())
-        return StoredDisk(copied.path.name, copied.path.as_uri(), copied.size, None, trail)
+        return StoredDisk(copied.path.name, copied.path.as_uri(), copied.size, None, snapshot_trail(source, copied))
 
     def vhds(self) -> list[DiskEntry]:
         try:
