@@ -409,3 +409,29 @@ def test_sigkill_mid_upload_then_resume(azurite, container, tmp_path) -> None:
     assert sent_bytes(rerun.stdout) == sum(e - s for s, e in nonzero_runs) - already
     check_blob_is(blob, expected)
     assert blob.get_blob_properties().lease.state == "available"
+
+
+def test_source_modified_during_upload_is_not_marked_complete(azurite, container, tmp_path) -> None:
+    src = scattered_vhd(tmp_path / "m.vhd", 8 * MiB, pieces=12, seed=10)
+    blob = container.get_blob_client("m.vhd")
+    slow = Faults(delay=0.05, only=lambda r: r.is_put_page)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            upload(src, via_proxy(azurite, proxy, container, "m.vhd"), UploadOptions(workers=1))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            failures.append(exc)
+
+    with FaultProxy(azurite.port, slow) as proxy:
+        worker = threading.Thread(target=run)
+        worker.start()
+        while not (blob.exists() and blob_ranges(blob)):
+            time.sleep(0.01)
+        os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))  # someone writes to it
+        worker.join(30)
+    assert len(failures) == 1 and "changed while it was being uploaded" in str(failures[0])
+    props = blob.get_blob_properties()
+    assert props.metadata["vhdtool_state"] == "partial" and props.content_settings.content_md5 is None
+    assert props.lease.state == "available"
+    assert blob.download_blob(offset=props.size - 512).readall() == bytes(512)  # not a VHD: no footer

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +55,7 @@ PARTIAL, COMPLETE = "partial", "complete"
 # and those that --align repairs by rounding the size up to whole MiB.
 CONVERTED = frozenset({"azure.not-fixed", "azure.file-length", "azure.blob-length"})
 ALIGNED = frozenset({"azure.size-not-mib", "footer.size-unaligned"})
+VERIFY_READERS = 4  # parallel ranged GETs of --verify (memory: 2n + 1 buffers of 4 MiB)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class Sender:
     """Put Page requests on `workers` threads; at most workers + 1 pieces are held at once
     (memory stays bounded). The first failure stops it and is raised to the caller."""
 
-    def __init__(self, blob: PageBlob, lease_id: str, workers: int):
+    def __init__(self, blob: PageBlob, lease_id: str | None, workers: int):
         self.blob, self.lease_id = blob, lease_id
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-put")
         self.slots = BoundedSemaphore(workers + 1)
@@ -185,8 +187,9 @@ class Sender:
         if self.failure is not None:
             raise self.failure
         self.slots.acquire()
+        length = len(data)
         future = self.pool.submit(self.blob.put, offset, data, self.lease_id)
-        future.add_done_callback(lambda done: self._done(done, len(data)))
+        future.add_done_callback(lambda done: self._done(done, length))
 
     def _done(self, future: Future[None], length: int) -> None:
         self.slots.release()
@@ -238,7 +241,17 @@ def claim(blob: PageBlob, identity: SourceIdentity, options: UploadOptions) -> t
         raise
 
 
-def send(blob: PageBlob, lease_id: str, image: FixedImage, present: Present, options: UploadOptions,
+def source_changed(disk: Disk) -> bool:
+    """Whether any file of the chain was modified since it was opened (the blob would then
+    mix two versions of the disk)."""
+    for d in disk.chain():
+        now = os.fstat(d.fd)
+        if (now.st_size, now.st_mtime_ns) != (d.stat.st_size, d.stat.st_mtime_ns):
+            return True
+    return False
+
+
+def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: Present, options: UploadOptions,
          result: UploadResult, runs: list[Range] | None) -> bytes | None:
     """Send the non-zero runs that are not on the blob yet, the footer last; return the MD5
     of the whole image (None with --no-md5 unless verifying). `runs` collects every run."""
@@ -262,6 +275,8 @@ def send(blob: PageBlob, lease_id: str, image: FixedImage, present: Present, opt
                     md5.add(chunk.offset, chunk.view)
                 for offset, data in nonzero_data([chunk]):
                     piece(offset, data, sender)
+        if source_changed(image.disk):  # checked before the footer makes the blob a VHD
+            raise VhdError("changed while it was being uploaded: run the upload again", image.path)
         with Sender(blob, lease_id, 1) as last:  # every data page is acknowledged by now
             piece(image.data_size, image.footer_bytes, last)
     result.requests += sender.requests + last.requests
@@ -313,6 +328,31 @@ def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: in
                        f"is not the image's", blob.location)
 
 
+def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, options: UploadOptions,
+             result: UploadResult) -> None:
+    """Claim the blob, send what it lacks, mark it complete, verify if asked."""
+    runs: list[Range] | None = [] if options.verify else None
+    held, written = claim(blob, identity, options)
+    if held is None:
+        result.already_complete = True
+        if not options.verify:
+            return
+        # nothing to send, but the image is read once more to verify the blob against it
+        md5 = send(blob, None, image, Present([(0, image.virtual_size)]), options, result, runs)
+    else:
+        result.resumed = bool(written)
+        try:
+            md5 = send(blob, held.id, image, Present(written), options, result, runs)
+            finish(blob, held.id, identity, md5 if options.md5 else None)
+        finally:
+            held.release()
+        if md5 is not None and options.md5:
+            result.content_md5 = base64.b64encode(md5).decode()
+    if runs is not None and md5 is not None:
+        verify(blob, image.virtual_size, runs, md5, min(options.workers, VERIFY_READERS))
+        result.verified = True
+
+
 def upload(src: str | Path, location: BlobLocation, options: UploadOptions = UploadOptions()) -> UploadResult:
     """Upload SRC to the page blob at `location` (see the module docstring)."""
     started = time.monotonic()
@@ -324,35 +364,12 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
         image = fixed_image(disk, options.align)
         identity = SourceIdentity.of(disk, image.virtual_size)
         result = UploadResult(str(location), image.virtual_size)
-        runs: list[Range] | None = [] if options.verify else None
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
             try:
-                held, written = claim(blob, identity, options)
-                if held is None:
-                    result.already_complete = True
-                    if not options.verify:
-                        return done(result, blob, started)
-                    written = [(0, image.virtual_size)]  # nothing to send: only read for the check
-                result.resumed = bool(written) and held is not None
-                try:
-                    md5 = send(blob, held.id if held else "", image, Present(written), options, result, runs)
-                    if held is not None:
-                        finish(blob, held.id, identity, md5 if options.md5 else None)
-                finally:
-                    if held is not None:
-                        held.release()
-                if md5 is not None and options.md5:
-                    result.content_md5 = base64.b64encode(md5).decode()
-                if options.verify:
-                    verify(blob, image.virtual_size, runs, md5, options.workers)
-                    result.verified = True
+                transfer(blob, image, identity, options, result)
             except TransferError as exc:
                 raise TransferError(f"upload interrupted: {exc.detail}; run the same command again to "
                                     "resume, only the missing pages will be sent", exc.path) from None
-            return done(result, blob, started)
-
-
-def done(result: UploadResult, blob: PageBlob, started: float) -> UploadResult:
-    result.retries = blob.retries
+            result.retries = blob.retries
     result.seconds = time.monotonic() - started
     return result

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""upload against BlobClient.upload_blob(blob_type="PageBlob"), on Azurite over loopback.
+
+Issue 6 acceptance, one run each: a 4 GiB fixed VHD with ~10% data in scattered 64 KiB pieces
+(seeded, unaligned offsets) is uploaded by `vhdtool upload` and by the SDK's upload_blob (same
+parallelism, same server). Reported: page-data bytes sent vs the non-zero bytes (target
+<= 1.01x) and what 2 MiB chunks (azure-vhd-utils) and 4 MiB chunks (AzCopy, and upload_blob)
+would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from
+the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
+while the disk is watched (no temporary file: free space and the process's open files) and
+downloaded back, compared with the fixed VHD it represents.
+Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 8] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from azurite import install_azurite, running_azurite  # noqa: E402
+from common import GiB, MiB, check, run_measured  # noqa: E402
+
+from vhdtool.create import create  # noqa: E402
+from vhdtool.engine import nonzero_runs, scan  # noqa: E402
+from vhdtool.format.footer import DiskType  # noqa: E402
+from vhdtool.image import open_disk  # noqa: E402
+from vhdtool.ranges import total  # noqa: E402
+from vhdtool.upload import fixed_image  # noqa: E402
+
+PIECE = 64 * 1024
+CONTAINER = "bench"
+# Runs the CLI and, at exit, writes what the process read and wrote (/proc/self/io: rchar and
+# wchar count read/write calls, write_bytes what reached the storage layer), counted once the
+# CLI's modules are imported so that only the command's own I/O counts.
+IO_PROBE = (
+    "import atexit, json, os, sys, runpy\n"
+    "import vhdtool.cli, vhdtool.upload, vhdtool.download, azure.storage.blob\n"
+    "def io():\n"
+    "    return {k: int(v) for k, v in (l.split(': ') for l in open('/proc/self/io').read().splitlines())}\n"
+    "start = io()\n"
+    "def dump():\n"
+    "    end = io()\n"
+    "    open(os.environ['IO_PROBE_OUT'], 'w').write(json.dumps({k: end[k] - start[k] for k in end}))\n"
+    "atexit.register(dump)\n"
+    "sys.argv = ['vhdtool', *sys.argv[1:]]\n"
+    "runpy.run_module('vhdtool.cli', run_name='__main__')\n"
+)
+UPLOAD_BLOB = (
+    "import os, sys\n"
+    "from azure.storage.blob import BlobClient\n"
+    "container, name, path, workers = sys.argv[1:]\n"
+    "client = BlobClient.from_connection_string(os.environ['AZURE_STORAGE_CONNECTION_STRING'], container, name)\n"
+    "with open(path, 'rb') as f:\n"
+    "    client.upload_blob(f, blob_type='PageBlob', length=os.fstat(f.fileno()).st_size,\n"
+    "                       max_concurrency=int(workers), overwrite=True)\n"
+)
+
+
+def make_image(path: Path, size: int, fraction: float, seed: int = 1) -> int:
+    """A sparse fixed VHD: one 64 KiB piece of random bytes at a random unaligned offset in
+    each slot of PIECE/fraction bytes. Returns the bytes of data written."""
+    create(path, size, DiskType.FIXED)
+    rng = np.random.default_rng(seed)
+    slot = int(PIECE / fraction)
+    written = 0
+    with open(path, "r+b") as f:
+        for start in range(0, size - slot + 1, slot):
+            f.seek(start + int(rng.integers(0, slot - PIECE)))
+            f.write(rng.integers(1, 256, PIECE, dtype=np.uint8).tobytes())  # no zero byte in a piece
+            written += PIECE
+    return written
+
+
+def chunked_bytes(path: Path, chunk: int) -> int:
+    """What a tool sending every chunk of `chunk` bytes that is not entirely zero sends."""
+    with open_disk(path) as disk:
+        image = fixed_image(disk, False)
+        return total(nonzero_runs(scan(image, granularity=chunk, chunk_size=max(chunk, 4 * MiB))))
+
+
+def image_md5(path: Path) -> str:
+    """MD5 of the fixed VHD `path` represents, streamed (for a dynamic source)."""
+    md5 = hashlib.md5()
+    with open_disk(path) as disk:
+        image = fixed_image(disk, False)
+        for offset in range(0, image.virtual_size, 16 * MiB):
+            md5.update(image.read(offset, min(16 * MiB, image.virtual_size - offset)))
+    return md5.hexdigest()
+
+
+def file_md5(path: Path) -> str:
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(16 * MiB):
+            md5.update(block)
+    return md5.hexdigest()
+
+
+class DiskWatch:
+    """Samples free space of the filesystems given and the files a process has open for
+    writing, while an upload runs."""
+
+    def __init__(self, folders: list[Path]):
+        self.folders = folders
+        self.lowest = {f: self._free(f) for f in folders}
+        self.start = dict(self.lowest)
+        self.written_files: set[str] = set()
+        self.pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _free(folder: Path) -> int:
+        st = os.statvfs(folder)
+        return st.f_bavail * st.f_frsize
+
+    def _open_for_writing(self) -> None:
+        fd_dir = Path(f"/proc/{self.pid}/fd")
+        for fd in fd_dir.iterdir() if fd_dir.exists() else []:
+            try:
+                target = os.readlink(fd)
+                flags = int(Path(f"/proc/{self.pid}/fdinfo/{fd.name}").read_text().split("flags:")[1].split()[0], 8)
+            except (OSError, IndexError, ValueError):
+                continue
+            if target.startswith("/") and flags & (os.O_WRONLY | os.O_RDWR) and os.path.isfile(target):
+                self.written_files.add(target)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            for f in self.folders:
+                self.lowest[f] = min(self.lowest[f], self._free(f))
+            if self.pid is not None:
+                self._open_for_writing()
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def max_drop(self) -> int:
+        return max(self.start[f] - self.lowest[f] for f in self.folders)
+
+
+def page_bytes(blob) -> int:
+    """Page data on a blob, as the server lists it: on a fresh blob, what the uploader sent."""
+    return sum(r.end + 1 - r.start for r in blob.list_page_ranges())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gib", type=float, default=4)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+    size = int(args.size_gib * GiB)
+    install_azurite()
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp, running_azurite(tmp) as az:
+        tmp = Path(tmp)
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(az.connection_string)
+        container = service.create_container(CONTAINER)
+        src = tmp / "fixed.vhd"
+        data = make_image(src, size, 0.10)
+        allocated = src.stat().st_blocks * 512
+        print(f"source: {args.size_gib:g} GiB fixed VHD, {data / MiB:.0f} MiB of data in {data // PIECE} "
+              f"scattered 64 KiB pieces, {allocated / MiB:.0f} MiB allocated")
+
+        # vhdtool upload: wall time, peak RSS, bytes read from files, page bytes on the blob
+        os.environ.update(AZURE_STORAGE_CONNECTION_STRING=az.connection_string, IO_PROBE_OUT=str(tmp / "io"))
+        ours_wall, ours_rss = run_measured([sys.executable, "-c", IO_PROBE, "upload", str(src), "--container",
+                                            CONTAINER, "--name", "ours.vhd", "--workers", str(args.workers)])
+        read = json.loads((tmp / "io").read_text())["rchar"]
+        ours_blob = container.get_blob_client("ours.vhd")
+        sent = page_bytes(ours_blob)
+        md5_set = ours_blob.get_blob_properties().content_settings.content_md5 is not None
+
+        # the SDK's upload_blob: same image, same server, same parallelism
+        sdk_wall, sdk_rss = run_measured([sys.executable, "-c", UPLOAD_BLOB, CONTAINER, "sdk.vhd", str(src),
+                                          str(args.workers)])
+        sdk_blob = container.get_blob_client("sdk.vhd")
+        sdk_sent = page_bytes(sdk_blob)
+        sdk_blob.delete_blob()  # Azurite keeps blobs in memory
+
+        two, four = chunked_bytes(src, 2 * MiB), chunked_bytes(src, 4 * MiB)
+        nonzero = data + 512  # the pieces (no zero byte in them) and the footer
+        print(f"\nbytes of page data sent for {nonzero:,} non-zero bytes:")
+        print(f"  vhdtool upload (512 B pages)        {sent:>15,}  {sent / nonzero:6.3f}x")
+        print(f"  2 MiB chunks (azure-vhd-utils)      {two:>15,}  {two / nonzero:6.3f}x")
+        print(f"  4 MiB chunks (AzCopy)               {four:>15,}  {four / nonzero:6.3f}x")
+        print(f"  upload_blob (measured page ranges)  {sdk_sent:>15,}  {sdk_sent / nonzero:6.3f}x")
+        print(f"\nwall time: vhdtool {ours_wall:.2f} s, upload_blob {sdk_wall:.2f} s; peak RSS: vhdtool "
+              f"{ours_rss / MiB:.0f} MiB, upload_blob {sdk_rss / MiB:.0f} MiB")
+        print(f"bytes read by vhdtool from files: {read:,} ({read / allocated:.3f}x the source's allocated bytes)")
+        ok = check("bytes sent / non-zero bytes", sent / nonzero, 1.01)
+        ok &= check("vhdtool / upload_blob wall time", ours_wall / sdk_wall, 1 / 3)
+        ok &= check("vhdtool peak RSS", ours_rss / MiB, 150, " MiB")
+        ok &= check("source bytes read / allocated bytes (read once)", read / allocated, 1.05)
+        ok &= check("Content-MD5 set by vhdtool", float(md5_set), 1, "", higher_is_better=True)
+
+        # a dynamic source: no temporary file while uploading, identical when downloaded back
+        dyn = tmp / "dynamic.vhd"
+        subprocess.run([sys.executable, "-m", "vhdtool.cli", "convert", str(src), str(dyn), "--to", "dynamic"],
+                       check=True, capture_output=True)
+        src.unlink()
+        folders = sorted({tmp, Path(tempfile.gettempdir()), Path.home()}, key=str)
+        with DiskWatch([f for f in folders if f.exists()]) as watch:
+            child = subprocess.Popen([sys.executable, "-c", IO_PROBE, "upload", str(dyn), "--container", CONTAINER,
+                                      "--name", "dyn.vhd", "--workers", str(args.workers)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            watch.pid = child.pid
+            out, err = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"dynamic upload failed:\n{err}")
+        io = json.loads((tmp / "io").read_text())
+        back = tmp / "back.vhd"
+        dl_wall, dl_rss = run_measured([sys.executable, "-m", "vhdtool.cli", "download", "--container", CONTAINER,
+                                        "--name", "dyn.vhd", str(back)])
+        identical = file_md5(back) == image_md5(dyn)
+        print(f"\ndynamic source ({dyn.stat().st_blocks * 512 / MiB:.0f} MiB allocated) uploaded: the process wrote "
+              f"{io['wchar']:,} bytes by write calls (stdout included), {io['write_bytes']:,} bytes to storage; "
+              f"files it had open for writing: {sorted(watch.written_files) or 'none'}; free space on "
+              f"{', '.join(map(str, watch.folders))} dropped by at most {watch.max_drop / MiB:.1f} MiB "
+              "(any process on that disk)")
+        print(f"downloaded back in {dl_wall:.2f} s (peak RSS {dl_rss / MiB:.0f} MiB), "
+              f"{back.stat().st_blocks * 512 / MiB:.0f} MiB allocated; identical to the fixed VHD it represents: {identical}")
+        ok &= check("files written during the dynamic upload", len(watch.written_files), 0, "")
+        ok &= check("bytes written to storage by the dynamic upload", io["write_bytes"], 0, "")
+        ok &= check("download identical", float(identical), 1, "", higher_is_better=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
