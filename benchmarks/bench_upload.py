@@ -9,7 +9,7 @@ would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes
 the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
 while the disk is watched (no temporary file: free space and the process's open files) and
 downloaded back, compared with the fixed VHD it represents.
-Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 8] [--dir DIR]
+Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 8] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from azurite import install_azurite, running_azurite  # noqa: E402
-from common import GiB, MiB, check, run_measured  # noqa: E402
+from common import GiB, MiB, add_json_option, check, run_measured, write_json  # noqa: E402
 
 from vhdtool.create import create  # noqa: E402
 from vhdtool.engine import nonzero_runs, scan  # noqa: E402
@@ -168,6 +168,7 @@ def main() -> int:
     ap.add_argument("--size-gib", type=float, default=4)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--dir", type=Path, default=None)
+    add_json_option(ap)
     args = ap.parse_args()
     size = int(args.size_gib * GiB)
     install_azurite()
@@ -244,6 +245,7 @@ def main() -> int:
         ok &= check("files written during the dynamic upload", len(watch.written_files), 0, "")
         ok &= check("bytes written to storage by the dynamic upload", io["write_bytes"], 0, "")
         ok &= check("download identical", float(identical), 1, "", higher_is_better=True)
+    write_json(args.json)
     return 0 if ok else 1
 
 
