@@ -28,10 +28,10 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.cli import main
 from vhdtool.create import create
-from vhdtool.format.footer import COOKIE, DiskType, parse_footer
+from vhdtool.format.footer import DiskType, parse_footer
 from vhdtool.image import open_disk
 from vhdtool.ranges import merge
-from vhdtool.upload import UploadOptions, fixed_image, upload
+from vhdtool.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, fixed_image, upload
 
 MiB = 1024 * 1024
 KINDS = {
@@ -435,3 +435,30 @@ def test_source_modified_during_upload_is_not_marked_complete(azurite, container
     assert props.metadata["vhdtool_state"] == "partial" and props.content_settings.content_md5 is None
     assert props.lease.state == "available"
     assert blob.download_blob(offset=props.size - 512).readall() == bytes(512)  # not a VHD: no footer
+
+
+@pytest.mark.parametrize("workers, piece, held", [(3, 512, 4), (40, 4 * MiB, IN_FLIGHT_BYTES // (4 * MiB))])
+def test_sender_holds_a_bounded_amount_of_data(workers, piece, held) -> None:
+    """While the service does not answer, the producer is held back after workers + 1 pieces
+    or IN_FLIGHT_BYTES, whichever comes first: memory does not grow with the image."""
+    answer = threading.Event()
+
+    class StalledBlob:
+        def put(self, offset: int, data: bytes, lease: str | None) -> None:
+            answer.wait(10)
+
+    accepted: list[int] = []
+
+    def produce() -> None:
+        with Sender(StalledBlob(), None, workers) as sender:
+            for i in range(held + 5):
+                sender.put(i * piece, bytes(piece))
+                accepted.append(i)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.3)
+    assert len(accepted) == held
+    answer.set()
+    producer.join(10)
+    assert len(accepted) == held + 5

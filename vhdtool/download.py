@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
-from vhdtool.azure.remote import PAGE_BLOB, BlobInfo, BlobSource
+from vhdtool.azure.remote import BlobInfo, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.azure.stream import ContentMd5, Window
 from vhdtool.engine import nonzero_data, progress_bar, scan
@@ -33,10 +33,12 @@ from vhdtool.image import open_disk
 from vhdtool.output import TEMP_SUFFIX, PendingOutput, check_destination, publish, sync_folder
 from vhdtool.sink import SparseFile
 
+MAX_READERS = 8  # the engine holds 2n + 1 read buffers of 4 MiB: memory stays under ~150 MiB
+
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    workers: int = 4  # parallel ranged GETs
+    workers: int = 4  # parallel ranged GETs, at most MAX_READERS
     force: bool = False  # replace an existing DEST
     checkpoint: int = 64 * 1024 * 1024  # fsync and record progress every this many bytes
     timeout: float = 120.0
@@ -118,7 +120,7 @@ def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, sta
     source = Window(BlobSource(blob, info.size, blob.page_ranges(info.size), info.etag), start, info.size)
     checkpoint = start
     with progress_bar(source, "download") as progress:
-        for chunk in scan(source, workers=options.workers, progress=progress):
+        for chunk in scan(source, workers=min(options.workers, MAX_READERS), progress=progress):
             md5.add(chunk.offset, chunk.view)
             result.fetched_bytes += len(chunk.view)
             for offset, data in nonzero_data([chunk]):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from threading import BoundedSemaphore, Lock
+from threading import Condition
 from typing import TYPE_CHECKING
 
 from vhdtool import ranges
@@ -56,6 +56,7 @@ PARTIAL, COMPLETE = "partial", "complete"
 CONVERTED = frozenset({"azure.not-fixed", "azure.file-length", "azure.blob-length"})
 ALIGNED = frozenset({"azure.size-not-mib", "footer.size-unaligned"})
 VERIFY_READERS = 4  # parallel ranged GETs of --verify (memory: 2n + 1 buffers of 4 MiB)
+IN_FLIGHT_BYTES = 48 * MiB  # page data held for requests not yet answered
 
 
 @dataclass(frozen=True)
@@ -172,36 +173,41 @@ class Present:
 
 
 class Sender:
-    """Put Page requests on `workers` threads; at most workers + 1 pieces are held at once
-    (memory stays bounded). The first failure stops it and is raised to the caller."""
+    """Put Page requests on `workers` threads. Memory stays bounded whatever `workers` is: at
+    most workers + 1 pieces and IN_FLIGHT_BYTES are held at once. The first failure stops it
+    and is raised to the caller."""
 
     def __init__(self, blob: PageBlob, lease_id: str | None, workers: int):
-        self.blob, self.lease_id = blob, lease_id
+        self.blob, self.lease_id, self.workers = blob, lease_id, workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-put")
-        self.slots = BoundedSemaphore(workers + 1)
-        self.lock = Lock()
+        self.room = Condition()
+        self.held = self.held_bytes = 0
         self.failure: BaseException | None = None
         self.requests = self.sent = 0
 
     def put(self, offset: int, data: bytes) -> None:
-        if self.failure is not None:
-            raise self.failure
-        self.slots.acquire()
         length = len(data)
+        with self.room:
+            while self.held and (self.held > self.workers or self.held_bytes + length > IN_FLIGHT_BYTES):
+                self.room.wait()
+            if self.failure is not None:
+                raise self.failure
+            self.held += 1
+            self.held_bytes += length
         future = self.pool.submit(self.blob.put, offset, data, self.lease_id)
         future.add_done_callback(lambda done: self._done(done, length))
 
     def _done(self, future: Future[None], length: int) -> None:
-        self.slots.release()
-        if future.cancelled():
-            return
-        error = future.exception()
-        with self.lock:
+        error = None if future.cancelled() else future.exception()
+        with self.room:
+            self.held -= 1
+            self.held_bytes -= length
             if error is not None:
                 self.failure = self.failure or error
-            else:
+            elif not future.cancelled():
                 self.requests += 1
                 self.sent += length
+            self.room.notify()
 
     def __enter__(self) -> Sender:
         return self
@@ -298,7 +304,8 @@ def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes |
 
 
 def first_difference(a: list[Range], b: list[Range]) -> int:
-    for x, y in zip(a, b):
+    """Where two different range lists first disagree (for the verify message)."""
+    for x, y in zip(a, b, strict=False):
         if x != y:
             return min(x[0], y[0]) if x[0] != y[0] else min(x[1], y[1])
     shorter, longer = sorted((a, b), key=len)
