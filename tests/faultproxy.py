@@ -7,7 +7,9 @@ them (`Faults.rate`) is broken in one of three ways:
 - "503": answered 503 ServerBusy without reaching the server (Azure's throttling answer);
 - "drop": forwarded, then the connection is closed before the answer (the write happened, the
   client cannot know: retries must be idempotent);
-- "reset": the connection is reset (RST) before anything is forwarded.
+- "reset": the connection is reset (RST) before anything is forwarded;
+- "stall" (only when asked for): no answer for `Faults.stall` seconds, then the connection is
+  closed (the client's read timeout must fire first).
 
 Deterministic: whether and how a request is broken is a seeded hash of the request (method,
 path and query, byte range) and of how many times that request was seen, never of thread
@@ -64,6 +66,7 @@ class Faults:
     kinds: tuple[str, ...] = KINDS
     max_faults: int = 2  # times one request may be broken
     delay: float = 0.0  # seconds of extra latency per eligible request
+    stall: float = 2.0  # how long a "stall" fault holds the connection silent
     only: Callable[[Request], bool] = any_request  # which requests are eligible
     seed: int = 1
 
@@ -237,6 +240,9 @@ class FaultProxy:
         if self.faults.only(request):
             time.sleep(self.faults.delay)
             fault = self._decide(request)
+        if fault == "stall":
+            self._stopped.wait(self.faults.stall)
+            return upstream, None
         if fault == "reset":
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return upstream, None

@@ -353,6 +353,17 @@ def test_transient_faults_are_retried(azurite, container, tmp_path) -> None:
     check_blob_is(container.get_blob_client("f.vhd"), image_bytes(src))
 
 
+def test_timeouts_are_retried(azurite, container) -> None:
+    """Requests the service never answers: the client's timeout fires and the request is
+    retried; the upload ends exact."""
+    stalls = Faults(rate=0.3, kinds=("stall",), stall=1.5, seed=5)
+    with FaultProxy(azurite.port, stalls) as proxy:
+        result = upload(KINDS["differencing"], via_proxy(azurite, proxy, container, "t.vhd"),
+                        UploadOptions(workers=4, timeout=0.3, retry=FAST_RETRY))
+    assert proxy.stats.faults["stall"] > 0 and result.retries == proxy.stats.faults["stall"]
+    check_blob_is(container.get_blob_client("t.vhd"), image_bytes(KINDS["differencing"]))
+
+
 def test_gives_up_then_resumes_with_only_the_missing_pages(azurite, container, tmp_path, cli) -> None:
     src = scattered_vhd(tmp_path / "g.vhd", 16 * MiB, pieces=24, seed=8)
     expected = image_bytes(src)

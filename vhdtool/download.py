@@ -133,46 +133,55 @@ def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, sta
     result.written_bytes = out.written
 
 
+def check_md5(digest: bytes, info: BlobInfo, partial: Partial, location: BlobLocation) -> bool:
+    """Compare with the blob's Content-MD5 (False when it has none); a mismatch keeps nothing."""
+    if info.content_md5 is None:
+        return False
+    if digest != info.content_md5:
+        partial.discard()
+        raise VhdError(f"downloaded content has MD5 {base64.b64encode(digest).decode()} but the blob's "
+                       f"Content-MD5 is {base64.b64encode(info.content_md5).decode()}: nothing kept", location)
+    return True
+
+
+def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadResult:
+    """Fetch into the partial file (resuming it if it is a copy of this blob version), check,
+    then give it DEST's name."""
+    info = blob_info(blob)
+    partial = Partial.beside(dest, blob.location, info)
+    start = partial.resumable_offset()
+    if start:
+        options.log(f"resuming the download from offset {start:,}")
+    result = DownloadResult(dest, str(blob.location), info.size, resumed_from=start)
+    fd = os.open(partial.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if start else os.O_TRUNC), 0o644)
+    try:
+        partial.record(start)
+        out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
+        md5 = ContentMd5()
+        if start:
+            rehash(md5, partial.data, start)
+        fetch(blob, info, out, partial, start, md5, options, result)
+        result.md5_checked = check_md5(md5.digest(info.size), info, partial, blob.location)
+        os.fsync(fd)
+        result.path = publish(out.out, options.force, numbered=False)
+        sync_folder(result.path)
+        partial.state.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return result
+
+
 def download(location: BlobLocation, dest: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> DownloadResult:
     """Download the page blob at `location` to DEST (see the module docstring)."""
     started = time.monotonic()
     dest = Path(dest)
     check_destination(dest, options.force)
     with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
-        info = blob_info(blob)
-        partial = Partial.beside(dest, location, info)
-        start = partial.resumable_offset()
-        if start:
-            options.log(f"resuming the download from offset {start:,}")
-        result = DownloadResult(dest, str(location), info.size, resumed_from=start)
-        fd = os.open(partial.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if start else os.O_TRUNC), 0o644)
         try:
-            partial.record(start)
-            out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
-            md5 = ContentMd5()
-            if start:
-                rehash(md5, partial.data, start)
-            try:
-                fetch(blob, info, out, partial, start, md5, options, result)
-            except TransferError as exc:
-                raise TransferError(f"download interrupted: {exc.detail}; run the same command again to "
-                                    "resume", exc.path) from None
-            digest = md5.digest(info.size)
-            if info.content_md5 is not None:
-                if digest != info.content_md5:
-                    partial.discard()
-                    raise VhdError(
-                        f"downloaded content has MD5 {base64.b64encode(digest).decode()} but the blob's "
-                        f"Content-MD5 is {base64.b64encode(info.content_md5).decode()}: nothing kept",
-                        location,
-                    )
-                result.md5_checked = True
-            os.fsync(fd)
-            result.path = publish(out.out, options.force, numbered=False)
-            sync_folder(result.path)
-            partial.state.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+            result = transfer(blob, dest, options)
+        except TransferError as exc:
+            raise TransferError(f"download interrupted: {exc.detail}; run the same command again to resume",
+                                exc.path) from None
         result.retries = blob.retries
     result.seconds = time.monotonic() - started
     return result
