@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from test_upload import KINDS, cli, conn_env, container, image_bytes, location, 
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.download import DownloadOptions, Partial, download
+from vhdtool.errors import VhdError
 from vhdtool.ranges import merge
 from vhdtool.upload import UploadOptions, upload
 
@@ -189,3 +191,25 @@ def test_md5_of_uploaded_blob_matches_download(azurite, container, tmp_path) -> 
     assert up.content_md5 == base64.b64encode(hashlib.md5((tmp_path / "h-back.vhd").read_bytes()).digest()).decode()
     assert list(merge(_ranges(container, "h.vhd"))) == page_runs((tmp_path / "h-back.vhd").read_bytes())
     assert os.path.getsize(tmp_path / "h-back.vhd") == 8 * MiB + 512
+
+
+def test_blob_changing_mid_download_is_reported(azurite, container, tmp_path) -> None:
+    """Every read is conditional on the ETag seen at the start: a write in between is caught."""
+    src = scattered_vhd(tmp_path / "w.vhd", 8 * MiB, pieces=10, seed=12)
+    upload(src, location(azurite, container, "w.vhd"))
+    blob = container.get_blob_client("w.vhd")
+    written = threading.Event()
+
+    def write_once(request: Request) -> bool:  # the first ranged read is held until the blob changed
+        if request.method == "GET" and "x-ms-range" in request.headers and not written.is_set():
+            blob.upload_page(b"\x09" * 512, offset=0, length=512)
+            written.set()
+        return False
+
+    with FaultProxy(azurite.port, Faults(only=write_once)) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        with pytest.raises(VhdError) as changed:
+            download(BlobLocation.from_connection_string(conn, container.container_name, "w.vhd"),
+                     tmp_path / "w-back.vhd", DownloadOptions(workers=1))
+    assert "changed while it was being read" in str(changed.value)
+    assert not (tmp_path / "w-back.vhd").exists()

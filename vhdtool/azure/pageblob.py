@@ -195,8 +195,14 @@ class PageBlob:
     def readinto(self, offset: int, buf: memoryview, etag: str | None = None) -> None:
         """Fill `buf` from the blob at `offset` (the engine's `Source.readinto`), no copy kept."""
 
+        from azure.core.exceptions import ResourceModifiedError
+
         def read() -> None:
-            _, chunks = self._stream(offset, len(buf), etag)
+            try:
+                _, chunks = self._stream(offset, len(buf), etag)
+            except ResourceModifiedError:  # 412: the ETag no longer matches
+                raise VhdError("the blob changed while it was being read: run the command again",
+                               self.location) from None
             done = 0
             for chunk in chunks:
                 buf[done : done + len(chunk)] = chunk
