@@ -297,15 +297,19 @@ def test_no_md5(azurite, container) -> None:
     assert blob_content(container.get_blob_client("n.vhd")) == image_bytes(KINDS["fixed"])
 
 
-def test_verify_passes_and_catches_a_tampered_blob(azurite, container, cli) -> None:
+@pytest.mark.parametrize("offset, symptom", [
+    (MiB, "content has MD5"),  # a data page changed: same page ranges, other bytes
+    (3 * MiB, "512 bytes are in only one of them"),  # a page written where the image is zero
+])
+def test_verify_passes_and_catches_a_tampered_blob(offset, symptom, azurite, container, cli) -> None:
     env = conn_env(azurite)
     args = ["upload", str(KINDS["differencing"]), "--container", container.container_name, "--name", "v.vhd", "--verify"]
     done = cli(*args, env=env)
     assert done.code == 0 and "verified: page ranges and MD5 match" in done.out
     blob = container.get_blob_client("v.vhd")
-    blob.upload_page(b"\x5a" * 512, offset=MiB, length=512)  # one page changed behind our back
+    blob.upload_page(b"\x5a" * 512, offset=offset, length=512)  # one page changed behind our back
     caught = cli(*args, env=env)
-    assert caught.code == 2 and "verify failed" in caught.err, caught.err
+    assert caught.code == 2 and "verify failed" in caught.err and symptom in caught.err, caught.err
 
 
 def test_secrets_never_shown_or_stored(azurite, container, cli) -> None:

@@ -303,24 +303,15 @@ def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes |
     blob.set_metadata(metadata, lease_id)
 
 
-def first_difference(a: list[Range], b: list[Range]) -> int:
-    """Where two different range lists first disagree (for the verify message)."""
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            return min(x[0], y[0]) if x[0] != y[0] else min(x[1], y[1])
-    shorter, longer = sorted((a, b), key=len)
-    return longer[len(shorter)][0]
-
-
 def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: int) -> None:
     """The blob's page ranges are exactly the image's non-zero runs, and the MD5 of its
     content (page ranges read back, gaps as zeros) and its Content-MD5 equal ours."""
     local = list(ranges.merge(runs))
     remote = blob.page_ranges(size)
     if remote != local:
-        at = first_difference(remote, local)
+        differ = ranges.total(remote) + ranges.total(local) - 2 * ranges.total(ranges.intersect(remote, local))
         raise VhdError(f"verify failed: the blob's page ranges differ from the image's non-zero runs "
-                       f"near offset {at:,} ({len(remote):,} ranges vs {len(local):,})", blob.location)
+                       f"({differ:,} bytes are in only one of them)", blob.location)
     content = ContentMd5()
     for chunk in scan(BlobSource(blob, size, remote), workers=workers):
         content.add(chunk.offset, chunk.view)
