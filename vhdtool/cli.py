@@ -258,7 +258,7 @@ def upload(
     container: ContainerOpt = None,
     name: NameOpt = None,
     connection_string: ConnOpt = None,
-    workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start again from an empty blob even if it holds part of this upload.")] = False,
     no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,

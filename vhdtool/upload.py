@@ -61,7 +61,7 @@ IN_FLIGHT_BYTES = 48 * MiB  # page data held for requests not yet answered
 
 @dataclass(frozen=True)
 class UploadOptions:
-    workers: int = 8  # parallel Put Page requests
+    workers: int = 16  # parallel Put Page requests (Azurite on loopback: 16 beats 8 and 32)
     overwrite: bool = False  # replace a blob that holds something else
     resume: bool = True  # False: start again from an empty blob even if it is ours
     md5: bool = True  # set Content-MD5 on the blob
