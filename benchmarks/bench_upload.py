@@ -7,9 +7,10 @@ parallelism, same server). Reported: page-data bytes sent vs the non-zero bytes 
 <= 1.01x) and what 2 MiB chunks (azure-vhd-utils) and 4 MiB chunks (AzCopy, and upload_blob)
 would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from
 the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
-while the disk is watched (no temporary file: free space and the process's open files) and
+while the disk is watched (no temporary file: free space, the files the process opens for
+writing and the bytes it writes to storage) and
 downloaded back, compared with the fixed VHD it represents.
-Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 8] [--dir DIR] [--json FILE]
+Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 16] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def page_bytes(blob) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=4)
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=16, help="vhdtool --workers and upload_blob max_concurrency")
     ap.add_argument("--dir", type=Path, default=None)
     add_json_option(ap)
     args = ap.parse_args()
