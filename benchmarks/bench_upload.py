@@ -8,8 +8,8 @@ parallelism, same server). Reported: page-data bytes sent vs the non-zero bytes 
 would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from
 the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
 while the disk is watched (no temporary file: free space, the files the process opens for
-writing and the bytes it writes to storage) and
-downloaded back, compared with the fixed VHD it represents.
+writing and the bytes it writes to storage) and downloaded back, compared with the fixed VHD
+it represents.
 Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 16] [--dir DIR] [--json FILE]
 """
 
