@@ -193,15 +193,13 @@ def exercise(workdir: Path, base: Base, raw: bytes, target: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["fixed", "dynamic", "child"])
-def test_mutated_images(bases, workdir, kind):
+@FUZZ
+@given(data=st.data())
+def test_mutated_images(bases, workdir, kind, data):
     base = bases[kind]
-
-    @FUZZ
-    @given(raw=mutated(base), target=st.sampled_from([t.value for t in Target]))
-    def fuzz(raw: bytes, target: str) -> None:
-        exercise(workdir, base, raw, target)
-
-    fuzz()
+    raw = data.draw(mutated(base), label="image")
+    target = data.draw(st.sampled_from([t.value for t in Target]), label="target")
+    exercise(workdir, base, raw, target)
 
 
 @FUZZ
