@@ -87,13 +87,15 @@ class PageBlob:
 
         try:
             return self.retrier.call(fn, *args, **kwargs)
-        except AzureError as exc:
+        except Exception as exc:
             if is_transient(exc):
                 raise TransferError(
                     f"{doing} failed {self.retrier.policy.attempts} times ({describe(exc)})",
                     self.location,
                 ) from None
-            raise VhdError(f"{doing} failed: {describe(exc)}", self.location) from None
+            if isinstance(exc, AzureError):
+                raise VhdError(f"{doing} failed: {describe(exc)}", self.location) from None
+            raise
 
     def properties(self) -> BlobProperties | None:
         """The blob's properties and metadata, or None if there is no such blob."""
