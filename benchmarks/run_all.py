@@ -188,10 +188,12 @@ def main() -> int:
         print(f"run_all.py: error: {exc}", file=sys.stderr)
         return 2
     scripts = sorted(HERE.glob("bench_*.py"))
-    load_before = list(os.getloadavg())
+    load_before, commit = list(os.getloadavg()), git_commit()
     runs = [run_script(script, args.dir) for script in scripts]
+    if git_commit() != commit:
+        commit += f" (the checkout moved to {git_commit()} while the benchmarks ran)"
     peers = {name: shutil.which(name) for name in ("cp", "qemu-img")}
-    write_results(runs, describe(args.dir or Path(tempfile.gettempdir()), peers), load_before, git_commit())
+    write_results(runs, describe(args.dir or Path(tempfile.gettempdir()), peers), load_before, commit)
     chart(runs)
     print(f"wrote {RESULTS} and {CHART}")
     return 1 if any(run.shown is None for run in runs) else 0
