@@ -21,6 +21,6 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q -e '.[test]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
+python3 -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
 python3 tests/azurite.py install >/dev/null
 exec python3 -m pytest -q "$@"

@@ -183,6 +183,7 @@ def test_ctrl_c_removes_everything_and_stops_the_commands(tmp_path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err
+    assert proc.returncode == 130 and err.rstrip().endswith("vhdtool: interrupted")
     assert not any(work.iterdir())
     assert processes_using(scratch) == []
 

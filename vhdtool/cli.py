@@ -102,8 +102,10 @@ def resize(
     allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Allow a smaller size.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Shrink even over non-zero data; overwrite an existing OUTPUT.")] = False,
 ) -> None:
-    """Change the virtual size without copying data: a fixed image grows by a hole, a
-    dynamic one within its BAT's room. The footer keeps its UUID."""
+    """Change the virtual size without copying data.
+
+    A fixed image grows by a hole; a dynamic one within its BAT's room. The footer keeps
+    its UUID."""
     from vhdtool.resize import resize as do_resize
     from vhdtool.units import format_size
 
@@ -199,8 +201,10 @@ def check(
     target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate structure and suitability for TARGET before a long upload: every problem, why,
-    and the vhdtool command that fixes it. Exit 0 no errors, 1 errors, 2 not a usable VHD."""
+    """Validate structure and suitability for TARGET before a long upload.
+
+    Every problem, why, and the vhdtool command that fixes it. Exit 0 no errors, 1 errors,
+    2 not a usable VHD."""
     from vhdtool.check import Target, check_image
     from vhdtool.check.render import render_text
 
@@ -222,9 +226,11 @@ def prepare(
     from_: Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")] = None,
     force: ForceOpt = False,
 ) -> None:
-    """Make an image Azure accepts, in one step: fixed, a whole number of MiB, a fresh valid
-    footer; then check the result. A source that already passes is left alone (with -o: copied).
-    Exit code as check's: 0 passes, 1 errors remain, 2 unusable input."""
+    """Make an image Azure accepts, in one step, and check the result.
+
+    Fixed, a whole number of MiB, a fresh valid footer, written in one pass. A source that
+    already passes is left alone (with -o: copied). Exit code as check's: 0 passes, 1 errors
+    remain, 2 unusable input."""
     from vhdtool.check import Target
     from vhdtool.check.render import render_text
     from vhdtool.prepare import prepare as do_prepare
@@ -521,7 +527,7 @@ def image_orphans(
 def main() -> None:
     """Console entry point: one-line errors and documented exit codes, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except VhdError as exc:
         typer.echo(f"vhdtool: error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -543,6 +549,12 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)
         raise
+    # Outside standalone mode click returns an Exit's code instead of exiting; typer turns
+    # Ctrl-C into Exit(130).
+    if isinstance(code, int) and code:
+        if code == 130:
+            typer.echo("vhdtool: interrupted", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":
