@@ -306,7 +306,7 @@ def test_redact_text() -> None:
     assert_hidden(SIG, out)
     assert_hidden(KEY, out)
     assert_hidden("Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==", out)
-    assert f"se=2030-01-01T00:00:00Z&st=2024-01-01T00:00:00Z&spr=https&sig=REDACTED\n" in out
+    assert "se=2030-01-01T00:00:00Z&st=2024-01-01T00:00:00Z&spr=https&sig=REDACTED\n" in out
     assert "AccountKey=REDACTED;EndpointSuffix=core.windows.net" in out
     assert "sig%3DREDACTED" in out
     assert "SharedKey mystorageacct:REDACTED" in out

@@ -15,7 +15,7 @@ import pytest
 from faultproxy import FaultProxy, Faults, Request
 from test_engine import page_runs
 from test_snapshot import allocated, allocation_bound
-from test_upload import KINDS, cli, conn_env, container, image_bytes, location, scattered_vhd  # noqa: F401
+from test_upload import KINDS, conn_env, image_bytes, location, scattered_vhd
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.download import DownloadOptions, Partial, download

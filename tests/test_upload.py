@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from faultproxy import FaultProxy, Faults, Request
 from test_engine import page_runs
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.cli import main
 from vhdtool.create import create
 from vhdtool.format.footer import DiskType, parse_footer
 from vhdtool.image import open_disk
@@ -40,44 +37,6 @@ KINDS = {
     "differencing": FIXTURES / "chain-child2.vhd",
 }
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
-
-
-@dataclass
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run `vhdtool ARGS` in this process through the real entry point (exit codes, one-line
-    errors), with `env` set for the run; much faster than a fresh interpreter each time."""
-
-    def invoke(*args: str, env: dict[str, str] | None = None) -> Outcome:
-        with monkeypatch.context() as m:
-            m.setattr(sys, "argv", ["vhdtool", *args])
-            for name, value in (env or {}).items():
-                m.setenv(name, value)
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
-
-    return invoke
-
-
-@pytest.fixture
-def container(azurite):
-    """A fresh, empty container."""
-    from azure.storage.blob import ContainerClient
-
-    client = ContainerClient.from_connection_string(azurite.connection_string, f"t{uuid.uuid4().hex[:20]}")
-    client.create_container()
-    return client
 
 
 def conn_env(azurite) -> dict[str, str]:

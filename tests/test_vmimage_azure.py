@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_upload import cli, conn_env, container, scattered_vhd  # noqa: F401  (fixtures)
+from test_upload import conn_env, scattered_vhd
 from test_vmimage_local import AZURE_KEYS, MiB, dated, md5_b64, three_disks
 from vhdtool.azure.location import BlobLocation, ContainerLocation
 from vhdtool.create import create

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import FIXTURES
 from oracles import vhdtool
-from test_upload import cli, scattered_vhd  # noqa: F401  (cli is a fixture)
+from test_upload import scattered_vhd
 from vhdtool.create import create
 from vhdtool.errors import VhdError
 from vhdtool.format.footer import DiskType

@@ -26,8 +26,8 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.remote import BlobInfo, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.azure.stream import ContentMd5, Window
-from vhdtool.engine import nonzero_data, progress_bar, scan
+from vhdtool.azure.stream import ContentMd5
+from vhdtool.engine import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.image import open_disk
 from vhdtool.output import TEMP_SUFFIX, PendingOutput, check_destination, publish, sync_folder

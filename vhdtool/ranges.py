@@ -5,6 +5,7 @@ including the page rounding (512-byte Azure pages) and the cutting into bounded 
 (4 MiB Put Page requests, read chunks) that the engine and the sinks rely on.
 """
 
+import bisect
 import errno
 import os
 from collections.abc import Iterable, Iterator
@@ -115,3 +116,14 @@ def cut(ranges: Iterable[Range], step: int) -> Iterator[Range]:
             piece_end = min(e, (s // step + 1) * step)
             yield s, piece_end
             s = piece_end
+
+
+class Cover:
+    """Whether a range lies inside one of a list of merged ranges (bisection, not a scan)."""
+
+    def __init__(self, merged: list[Range]):
+        self.merged, self.starts = merged, [s for s, _ in merged]
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and self.merged[i][1] >= end

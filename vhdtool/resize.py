@@ -16,7 +16,6 @@ from pathlib import Path
 
 from construct import Container
 
-from vhdtool import ranges
 from vhdtool.errors import VhdError
 from vhdtool.format.bat import UNALLOCATED
 from vhdtool.format.footer import (
@@ -109,22 +108,9 @@ def apply(path: Path, disk: Disk, new: int) -> None:
         os.fsync(f.fileno())
 
 
-class Window:
-    """The bytes [start, end) of a disk as an engine source (reads outside it never happen)."""
-
-    def __init__(self, disk: Disk, start: int, end: int):
-        self.disk, self.start, self.virtual_size = disk, start, end
-
-    def allocated(self):
-        return ranges.clip(self.disk.allocated(), self.start, self.virtual_size)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.disk.readinto(offset, buf)
-
-
 def first_nonzero(disk: Disk, start: int, end: int) -> int | None:
     """Offset of the first non-zero page in [start, end), reading only allocated data there."""
-    from vhdtool.engine import nonzero_runs, scan
+    from vhdtool.engine import Window, nonzero_runs, scan
 
     run = next(nonzero_runs(scan(Window(disk, start, end))), None)
     return None if run is None else run[0]

@@ -19,7 +19,6 @@ Surviving a crash, a kill or a network failure:
 from __future__ import annotations
 
 import base64
-import bisect
 import hashlib
 import os
 import time
@@ -36,8 +35,8 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.azure.stream import ContentMd5, Window
-from vhdtool.engine import nonzero_data, progress_bar, scan
+from vhdtool.azure.stream import ContentMd5
+from vhdtool.engine import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.fixed import FixedImage
 from vhdtool.image import Disk, open_disk
@@ -161,17 +160,6 @@ def fixed_image(disk: Disk, align: bool) -> FixedImage:
     return FixedImage(disk, size, keep_uuid=True, timestamp=disk.footer.timestamp)
 
 
-class Present:
-    """Whether a run is already on the blob, from its merged page ranges."""
-
-    def __init__(self, merged: list[Range]):
-        self.merged, self.starts = merged, [s for s, _ in merged]
-
-    def covers(self, start: int, end: int) -> bool:
-        i = bisect.bisect_right(self.starts, start) - 1
-        return i >= 0 and self.merged[i][1] >= end
-
-
 class Sender:
     """Put Page requests on `workers` threads. Memory stays bounded whatever `workers` is: at
     most workers + 1 pieces and IN_FLIGHT_BYTES are held at once. The first failure stops it
@@ -257,7 +245,7 @@ def source_changed(disk: Disk) -> bool:
     return False
 
 
-def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: Present, options: UploadOptions,
+def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: ranges.Cover, options: UploadOptions,
          result: UploadResult, runs: list[Range] | None) -> bytes | None:
     """Send the non-zero runs that are not on the blob yet, the footer last; return the MD5
     of the whole image (None with --no-md5 unless verifying). `runs` collects every run."""
@@ -336,11 +324,11 @@ def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, option
         if not options.verify:
             return
         # nothing to send, but the image is read once more to verify the blob against it
-        md5 = send(blob, None, image, Present([(0, image.virtual_size)]), options, result, runs)
+        md5 = send(blob, None, image, ranges.Cover([(0, image.virtual_size)]), options, result, runs)
     else:
         result.resumed = bool(written)
         try:
-            md5 = send(blob, held.id, image, Present(written), options, result, runs)
+            md5 = send(blob, held.id, image, ranges.Cover(written), options, result, runs)
             finish(blob, held.id, identity, md5 if options.md5 else None)
         finally:
             held.release()

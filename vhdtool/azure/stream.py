@@ -2,18 +2,12 @@
 
 `ContentMd5` hashes a blob's whole content in order from its non-zero parts only: the gaps
 between them are hashed from one preallocated zero buffer, never read from disk or network
-(MD5 is sequential, so the gaps cannot be skipped, only made cheap). `Window` narrows an
-engine source to a byte range, keeping its offsets.
+(MD5 is sequential, so the gaps cannot be skipped, only made cheap).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-
-from vhdtool import ranges
-from vhdtool.engine import Source
-from vhdtool.ranges import Range
 
 _ZEROS = memoryview(bytes(1024 * 1024))
 
@@ -42,16 +36,3 @@ class ContentMd5:
         """The MD5 of the first `size` bytes (zeros after the last data)."""
         self.zeros_to(size)
         return self._md5.digest()
-
-
-class Window:
-    """`source` restricted to [start, end) for the engine: same offsets, nothing outside read."""
-
-    def __init__(self, source: Source, start: int, end: int):
-        self.source, self.start, self.virtual_size = source, start, end
-
-    def allocated(self) -> Iterator[Range]:
-        return ranges.clip(self.source.allocated(), self.start, self.virtual_size)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.source.readinto(offset, buf)
