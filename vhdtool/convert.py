@@ -18,7 +18,7 @@ from vhdtool.format.footer import FOOTER_SIZE, DiskType, new_footer
 from vhdtool.format.header import DEFAULT_BLOCK_SIZE
 from vhdtool.image import Disk, open_disk
 from vhdtool.output import atomic_file
-from vhdtool.sink import sparse_output
+from vhdtool.sink import copy_nonzero, sparse_output
 from vhdtool.writer import SparseImageWriter
 
 SECTOR = 512
@@ -61,9 +61,8 @@ def sector_size(n: int) -> int:
 
 def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:
     """Copy `source`'s non-zero runs into a sparse file of its size."""
-    with progress_bar(source, label) as progress, sparse_output(dest, source.virtual_size, force=force) as out:
-        for offset, data in nonzero_data(scan(source, progress=progress)):
-            out.put(offset, data)
+    with sparse_output(dest, source.virtual_size, force=force) as out:
+        copy_nonzero(source, out, label)
     return Converted(out.path, source.virtual_size, out.written)
 
 

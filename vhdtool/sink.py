@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vhdtool.engine import Source, nonzero_data, progress_bar, scan
 from vhdtool.output import PendingOutput, atomic_file
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
@@ -124,3 +125,10 @@ def sparse_output(
     """A `SparseFile` that becomes `dest` atomically (see vhdtool.output.atomic_file)."""
     with atomic_file(dest, force=force, numbered=numbered) as out:
         yield SparseFile(out, size, origin)
+
+
+def copy_nonzero(source: Source, out: SparseFile, label: str) -> None:
+    """Put every non-zero run of `source` into `out`, with a progress bar over the scan."""
+    with progress_bar(source, label) as update:
+        for offset, data in nonzero_data(scan(source, progress=update)):
+            out.put(offset, data)

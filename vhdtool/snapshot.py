@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from vhdtool import ranges
-from vhdtool.engine import nonzero_data, progress_bar, scan
+from vhdtool.engine import nonzero_data, scan
 from vhdtool.errors import FormatError, VhdError
 from vhdtool.image import Disk, FlatDisk, locate_footer, open_disk
-from vhdtool.sink import SparseFile, sparse_output
+from vhdtool.sink import copy_nonzero, sparse_output
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,6 @@ def check_not_source(src: Path, dest: Path) -> None:
         raise VhdError("is the source itself; choose another output", dest)
 
 
-def copy_runs(source: Disk, out: SparseFile) -> None:
-    """Put every non-zero run of the source file into `out`."""
-    with progress_bar(source, f"snapshot {source.path.name}") as update:
-        for offset, data in nonzero_data(scan(source, progress=update)):
-            out.put(offset, data)
-
-
 def snapshot(
     src: str | os.PathLike,
     dest: str | os.PathLike | None = None,
@@ -72,7 +65,7 @@ def snapshot(
         with sparse_output(target, source.file_size, force=force, numbered=dest is None, origin=source.fd) as out:
             reflinked = out.reflink()
             if not reflinked:
-                copy_runs(source, out)
+                copy_nonzero(source, out, f"snapshot {source.path.name}")
                 if fingerprint(os.fstat(source.fd)) != before:
                     raise VhdError("was modified while being copied; no snapshot was written", src)
             if verify:  # before the copy gets its name: a copy that fails is never published
