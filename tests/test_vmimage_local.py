@@ -323,6 +323,10 @@ def test_disk_in_use_generalized_refused_specialized_warned(cli, tmp_path, write
     assert [d["crashConsistent"] for d in [record["osDisk"], *record["dataDisks"]]] == [False, False, True]
 
 
+def process_name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()  # "python" or "python3", as started
+
+
 def test_delete_disks_keeps_disks_in_use_or_used_by_a_vm(cli, tmp_path, writer) -> None:
     disks = three_disks(tmp_path)
     store = tmp_path / "store"
@@ -340,7 +344,7 @@ def test_delete_disks_keeps_disks_in_use_or_used_by_a_vm(cli, tmp_path, writer) 
     result = json.loads(done.out)
     assert [d["name"] for d in result["deletedDisks"]] == [data0]
     assert {d["name"]: d["reason"] for d in result["leftBehind"]} == {
-        os_name: "used by VM hand", data1: f"open for writing by process {holder.pid} (python)"}
+        os_name: "used by VM hand", data1: f"open for writing by process {holder.pid} ({process_name(holder.pid)})"}
     assert vhd_names(store) == {os_name, data1}
     assert [o["name"] for o in json.loads(cli("image", "orphans", "--store", str(store), "--json").out)] == [data1]
 
