@@ -1,7 +1,9 @@
 """Shared test set-up: fixture locations."""
 
 import sys
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,24 @@ def container(azurite):
     client = ContainerClient.from_connection_string(azurite.connection_string, f"t{uuid.uuid4().hex[:20]}")
     client.create_container()
     return client
+
+
+def race(task: Callable[[], object], count: int) -> list[object]:
+    """Run `task` on `count` threads at once; their results, or the first exception raised."""
+    results: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(task())
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

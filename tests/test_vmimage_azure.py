@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+from conftest import race
 
 from test_upload import conn_env, scattered_vhd
 from test_vmimage_local import AZURE_KEYS, MiB, dated, md5_b64, three_disks
@@ -214,20 +215,7 @@ def test_concurrent_copies_never_share_a_name(kind, azurite, container, sources,
     disk = scattered_vhd(tmp_path / "d.vhd", 4 * MiB, 2, 11)
     store = AzureStore(ContainerLocation.from_connection_string(azurite.connection_string, container.container_name))
     source = BlobLocation.from_url(put_disk(sources, "d.vhd", disk).url) if kind == "blob" else disk
-    results, errors = [], []
-
-    def copy() -> None:
-        try:
-            results.append(store.copy_in(source, "r-os-2030-01-01", metadata={"k": "v"}, md5=True, log=print).name)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=copy) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = race(lambda: store.copy_in(source, "r-os-2030-01-01", metadata={"k": "v"}, md5=True, log=print).name, 6)
     expected = {"r-os-2030-01-01"} | {f"r-os-2030-01-01-{n:02d}" for n in range(1, 6)}
     assert sorted(results) == sorted(expected) and set(blobs(container)) == expected
     for name in expected:

@@ -10,14 +10,13 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, race
 from oracles import vhdtool
 from test_upload import scattered_vhd
 from vhdtool.create import create
@@ -353,20 +352,7 @@ def test_concurrent_copies_never_share_a_name(tmp_path) -> None:
     """Eight copies to one name at once: the base name and -01..-07, each a complete copy."""
     source = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 5)
     store = LocalStore(tmp_path / "store")
-    results, errors = [], []
-
-    def copy() -> None:
-        try:
-            results.append(store.copy_in(source, "r-os-2030-01-01.vhd", metadata={}, md5=False, log=print).name)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=copy) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    results = race(lambda: store.copy_in(source, "r-os-2030-01-01.vhd", metadata={}, md5=False, log=print).name, 8)
     expected = {"r-os-2030-01-01.vhd"} | {f"r-os-2030-01-01-{n:02d}.vhd" for n in range(1, 8)}
     assert sorted(results) == sorted(expected)
     assert vhd_names(store.root) == expected

@@ -20,7 +20,7 @@ from vhdtool.format.footer import (
     geometry,
 )
 from vhdtool.format.header import header_checksum, build_header, locator_data_space, parent_name
-from vhdtool.format.timestamp import to_datetime
+from vhdtool.format.timestamp import to_iso
 from vhdtool.image import Disk, SparseDisk, open_disk, qemu_7_2_size
 
 
@@ -91,7 +91,7 @@ def footer_fields(f: Container) -> dict[str, Any]:
         "features": f"0x{f.features:08x}",
         "format_version": version_text(f.format_version),
         "data_offset": f.data_offset,
-        "timestamp": iso(f.timestamp),
+        "timestamp": to_iso(f.timestamp),
         "creator_application": creator_text(f.creator_application),
         "creator_name": CREATORS.get(f.creator_application, "unknown"),
         "creator_version": version_text(f.creator_version),
@@ -126,7 +126,7 @@ def header_fields(disk: SparseDisk) -> dict[str, Any]:
         "checksum": f"0x{h.checksum:08x}",
         "checksum_valid": header_checksum(build_header(h)) == h.checksum,
         "parent_unique_id": str(uuid.UUID(bytes=h.parent_unique_id)),
-        "parent_timestamp": iso(h.parent_timestamp),
+        "parent_timestamp": to_iso(h.parent_timestamp),
         "parent_name": parent_name(h),
         "parent_locators": [
             {
@@ -144,7 +144,3 @@ def header_fields(disk: SparseDisk) -> dict[str, Any]:
 
 def version_text(v: int) -> str:
     return f"{v >> 16}.{v & 0xFFFF}"
-
-
-def iso(ts: int) -> str:
-    return to_datetime(ts).isoformat().replace("+00:00", "Z")

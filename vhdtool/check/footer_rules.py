@@ -22,17 +22,13 @@ from vhdtool.format.footer import (
     geometry,
     parse_footer,
 )
-from vhdtool.format.timestamp import now, to_datetime
+from vhdtool.format.timestamp import now, to_iso
 
 SECTOR = 512
 # vhd-util check TIMESTAMP_MAX_SLACK: 30 minutes of clock skew (NFS servers) are tolerated.
 TIMESTAMP_SLACK = 1800
 KNOWN_TYPES = (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING)
 RESERVED_OFFSET = 85  # footer offset of the reserved area
-
-
-def iso(seconds: int) -> str:
-    return to_datetime(seconds).isoformat().replace("+00:00", "Z")
 
 
 def rule_checksum(report: Report, f: Container, raw: bytes) -> None:
@@ -99,8 +95,8 @@ def rule_timestamp(report: Report, f: Container, raw: bytes) -> None:
     if f.timestamp > current + TIMESTAMP_SLACK:
         report.add(
             "footer.timestamp-future",
-            f"footer timestamp {iso(f.timestamp)} is {f.timestamp - current:,} s ahead of this "
-            f"machine's clock ({iso(current)}); vhd-util check refuses more than "
+            f"footer timestamp {to_iso(f.timestamp)} is {f.timestamp - current:,} s ahead of this "
+            f"machine's clock ({to_iso(current)}); vhd-util check refuses more than "
             f"{TIMESTAMP_SLACK} s: the creating machine's clock was wrong",
         )
 

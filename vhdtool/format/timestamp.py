@@ -9,6 +9,11 @@ def to_datetime(seconds: int) -> datetime:
     return VHD_EPOCH + timedelta(seconds=seconds)
 
 
+def to_iso(seconds: int) -> str:
+    """ISO-8601 UTC with a Z, as info and check print timestamps."""
+    return to_datetime(seconds).isoformat().replace("+00:00", "Z")
+
+
 def from_datetime(moment: datetime) -> int:
     """Seconds since the VHD epoch, clamped to the u32 field (dates before 2000 give 0)."""
     seconds = int((moment - VHD_EPOCH).total_seconds())
