@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vhdtool import ranges
 from vhdtool.ranges import align, clip, cut, data_extents, intersect, merge, shift, total, true_runs, union
 
 
@@ -87,3 +88,14 @@ def test_data_extents_reports_only_written_blocks(tmp_path):
         assert list(data_extents(fd, (4 << 20) + 4096, 32 << 20)) == [((4 << 20) + 4096, (4 << 20) + 8192)]
     finally:
         os.close(fd)
+
+
+@given(st.lists(st.integers(0, 10_000), max_size=40), st.integers(0, 10_000), st.integers(0, 10_000))
+def test_sorted_ranges_lookups_equal_a_full_scan(points, a, b):
+    edges = sorted(set(points))
+    items = list(zip(edges[::2], edges[1::2]))  # sorted, disjoint, non-empty
+    index = ranges.SortedRanges(items)
+    start, end = min(a, b), max(a, b)
+    assert list(index.within(start, end)) == list(ranges.clip(items, start, end))
+    inside = [(s, e) for s, e in items if s <= start and end <= e]
+    assert index.covers(start, end) == bool(inside)

@@ -271,7 +271,7 @@ class SparseDisk(Disk):
     def own_allocated(self) -> Iterator[ranges.Range]:
         """Virtual ranges this file itself holds: bitmap-set sectors of allocated blocks,
         less what the filesystem reports as holes inside them."""
-        file_data = list(ranges.data_extents(self.fd, 0, self.file_size))
+        file_data = ranges.SortedRanges(ranges.data_extents(self.fd, 0, self.file_size))
         for block in np.flatnonzero(self.bat != UNALLOCATED):
             block = int(block)
             block_start = block * self.block_size
@@ -279,7 +279,7 @@ class SparseDisk(Disk):
                 break
             set_runs = ranges.true_runs(self.sector_flags(block), SECTOR, block_start)
             delta = self.block_data_offset(block) - block_start
-            physical = ranges.clip(file_data, block_start + delta, block_start + self.block_size + delta)
+            physical = file_data.within(block_start + delta, block_start + self.block_size + delta)
             yield from ranges.clip(
                 ranges.intersect(set_runs, ranges.shift(physical, -delta)), 0, self.virtual_size
             )

@@ -118,12 +118,20 @@ def cut(ranges: Iterable[Range], step: int) -> Iterator[Range]:
             s = piece_end
 
 
-class Cover:
-    """Whether a range lies inside one of a list of merged ranges (bisection, not a scan)."""
+class SortedRanges:
+    """Sorted, disjoint ranges with lookups by bisection (never a scan of the whole list)."""
 
-    def __init__(self, merged: list[Range]):
-        self.merged, self.starts = merged, [s for s, _ in merged]
+    def __init__(self, items: Iterable[Range]):
+        self.items = list(items)
+        self.starts = [s for s, _ in self.items]
+        self.ends = [e for _, e in self.items]
 
     def covers(self, start: int, end: int) -> bool:
+        """Whether [start, end) lies inside one of the ranges."""
         i = bisect.bisect_right(self.starts, start) - 1
-        return i >= 0 and self.merged[i][1] >= end
+        return i >= 0 and self.ends[i] >= end
+
+    def within(self, start: int, end: int) -> Iterator[Range]:
+        """The parts of the ranges inside [start, end)."""
+        lo, hi = bisect.bisect_right(self.ends, start), bisect.bisect_left(self.starts, end)
+        return clip(self.items[lo:hi], start, end)

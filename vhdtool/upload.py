@@ -245,7 +245,7 @@ def source_changed(disk: Disk) -> bool:
     return False
 
 
-def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: ranges.Cover, options: UploadOptions,
+def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: ranges.SortedRanges, options: UploadOptions,
          result: UploadResult, runs: list[Range] | None) -> bytes | None:
     """Send the non-zero runs that are not on the blob yet, the footer last; return the MD5
     of the whole image (None with --no-md5 unless verifying). `runs` collects every run."""
@@ -324,11 +324,11 @@ def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, option
         if not options.verify:
             return
         # nothing to send, but the image is read once more to verify the blob against it
-        md5 = send(blob, None, image, ranges.Cover([(0, image.virtual_size)]), options, result, runs)
+        md5 = send(blob, None, image, ranges.SortedRanges([(0, image.virtual_size)]), options, result, runs)
     else:
         result.resumed = bool(written)
         try:
-            md5 = send(blob, held.id, image, ranges.Cover(written), options, result, runs)
+            md5 = send(blob, held.id, image, ranges.SortedRanges(written), options, result, runs)
             finish(blob, held.id, identity, md5 if options.md5 else None)
         finally:
             held.release()
