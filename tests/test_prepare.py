@@ -94,3 +94,22 @@ def test_bad_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vhd"]
     proc = vhdtool("prepare", str(FIXTURES / "windows-dynamic-10m.vhd"), "--target", "generic")
     assert proc.returncode == 2 and "is not one of azure, azure-managed-disk" in proc.stderr
+
+
+@pytest.mark.parametrize("name, code", [
+    ("dynamic-truncated-mid-block.vhd", "footer.tail-missing"),  # then bat.block-truncated
+    ("dynamic-bat-entry-past-eof.vhd", "bat.entry-past-eof"),
+    ("dynamic-bat-overlap.vhd", "bat.overlap"),
+])
+def test_damage_the_reader_tolerates_is_refused_not_converted(tmp_path, name, code):
+    """The reader reads missing blocks as zeros; prepare must not turn damage into a 'passing' image."""
+    import make_corpus
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for make in make_corpus.MAKERS:
+        make(corpus)
+    out = tmp_path / "out.vhd"
+    proc = vhdtool("prepare", str(corpus / name), "-o", str(out))
+    assert proc.returncode == 2 and "cannot be prepared: " in proc.stderr and f"[{code}]" in proc.stderr
+    assert not out.exists() and "Traceback" not in proc.stderr

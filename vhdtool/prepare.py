@@ -10,8 +10,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhdtool.check import Report, Target, check_image
+from vhdtool.check import (
+    REPAIRED_BY_ALIGNMENT,
+    REPAIRED_BY_CONVERSION,
+    Report,
+    Target,
+    check_image,
+    unrepaired,
+)
 from vhdtool.convert import open_source, write_sparse
+from vhdtool.errors import VhdError
 from vhdtool.fixed import FixedImage
 
 MiB = 1024 * 1024
@@ -38,6 +46,19 @@ def default_output(src: Path) -> Path:
     return src.with_name(f"{src.stem}-azure.vhd")
 
 
+def refuse_damaged(src: Path, report: Report | None, target: Target) -> None:
+    """Refuse a source with errors that conversion does not repair: the reader would carry the
+    damage (a truncated block, a BAT entry past the end) into the new image as silent zeros."""
+    repaired = REPAIRED_BY_CONVERSION | REPAIRED_BY_ALIGNMENT
+    if target == Target.AZURE_MANAGED_DISK:
+        repaired |= {"azure.too-small"}  # prepare rounds up to the managed-disk minimum
+    damage = [] if report is None else unrepaired(report, repaired)
+    if damage:
+        first = damage[0]
+        more = f" (and {len(damage) - 1} more: vhdtool check {src})" if len(damage) > 1 else ""
+        raise VhdError(f"cannot be prepared: {first.message} [{first.code}]{more}", src)
+
+
 def prepare(
     src: str | os.PathLike,
     dest: str | os.PathLike | None = None,
@@ -58,6 +79,7 @@ def prepare(
 
             out = snapshot(src, dest, force=force).path
         else:
+            refuse_damaged(src, before, target)
             fixed = FixedImage(disk, size)
             out = write_sparse(fixed, Path(dest) if dest else default_output(src), force=force,
                                label="prepare").path

@@ -50,10 +50,6 @@ PAGE = 512
 STATE_KEY = "vhdtool_state"
 MD5_KEY = "vhdtool_md5"
 PARTIAL, COMPLETE = "partial", "complete"
-# `check --target azure` errors that streaming the source as a fixed VHD repairs by itself,
-# and those that --align repairs by rounding the size up to whole MiB.
-CONVERTED = frozenset({"azure.not-fixed", "azure.file-length", "azure.blob-length"})
-ALIGNED = frozenset({"azure.size-not-mib", "footer.size-unaligned"})
 VERIFY_READERS = 4  # parallel ranged GETs of --verify (memory: 2n + 1 buffers of 4 MiB)
 IN_FLIGHT_BYTES = 48 * MiB  # page data held for requests not yet answered
 
@@ -141,12 +137,10 @@ class SourceIdentity:
 def refuse_unfixable(path: Path, align: bool) -> None:
     """Refuse, before anything is sent, a source `check --target azure` fails for a reason that
     on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align)."""
-    from vhdtool.check import Severity, check_image
+    from vhdtool.check import REPAIRED_BY_ALIGNMENT, REPAIRED_BY_CONVERSION, check_image, unrepaired
 
-    for finding in check_image(path, "azure").findings:
-        if finding.severity != Severity.ERROR or finding.code in CONVERTED:
-            continue
-        if finding.code in ALIGNED:
+    for finding in unrepaired(check_image(path, "azure"), REPAIRED_BY_CONVERSION):
+        if finding.code in REPAIRED_BY_ALIGNMENT:
             if align:
                 continue
             raise VhdError(f"{finding.message} [use --align to round it up while uploading]", path)

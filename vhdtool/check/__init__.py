@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import os
 
-from vhdtool.check.findings import CODES, UNUSABLE_CODES, Finding, Report, Severity, Target
+from vhdtool.check.findings import (
+    CODES,
+    REPAIRED_BY_ALIGNMENT,
+    REPAIRED_BY_CONVERSION,
+    UNUSABLE_CODES,
+    Finding,
+    Report,
+    Severity,
+    Target,
+    unrepaired,
+)
 
-__all__ = ["CODES", "UNUSABLE_CODES", "Finding", "Report", "Severity", "Target", "check_image"]
+__all__ = [
+    "CODES", "REPAIRED_BY_ALIGNMENT", "REPAIRED_BY_CONVERSION", "UNUSABLE_CODES", "Finding", "Report",
+    "Severity", "Target", "check_image", "unrepaired",
+]
 
 
 def check_image(path: str | os.PathLike, target: Target | str = Target.AZURE) -> Report:

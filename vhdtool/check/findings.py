@@ -178,3 +178,15 @@ class Report:
             "verdict": self.verdict,
             "exit_code": self.exit_code,
         }
+
+
+# `check --target azure` errors that writing the image out as a fixed VHD repairs by itself
+# (prepare, upload), and those that rounding the size up to whole MiB repairs (prepare always,
+# upload with --align). Any other error is damage a conversion would carry into the new image.
+REPAIRED_BY_CONVERSION = frozenset({"azure.not-fixed", "azure.file-length", "azure.blob-length"})
+REPAIRED_BY_ALIGNMENT = frozenset({"azure.size-not-mib", "footer.size-unaligned"})
+
+
+def unrepaired(report: Report, repaired: frozenset[str]) -> list[Finding]:
+    """The errors in `report` that are not among `repaired`."""
+    return [f for f in report.findings if f.severity == Severity.ERROR and f.code not in repaired]
