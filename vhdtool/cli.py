@@ -184,7 +184,8 @@ def convert(
 
     A differencing chain is resolved through its parents; sector bitmaps are honoured.
     """
-    from vhdtool.convert import Format, convert as do_convert
+    from vhdtool.convert import Format
+    from vhdtool.convert import convert as do_convert
     from vhdtool.units import format_size
 
     done = do_convert(
@@ -280,7 +281,8 @@ def upload(
     """
     from vhdtool.azure.address import blob_from_args
     from vhdtool.units import format_size
-    from vhdtool.upload import UploadOptions, upload as do_upload
+    from vhdtool.upload import UploadOptions
+    from vhdtool.upload import upload as do_upload
 
     location = blob_from_args(dest, container, name, connection_string)
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
@@ -319,7 +321,8 @@ def download(
     3 interrupted by network or service failures (run again to resume).
     """
     from vhdtool.azure.address import blob_from_args, is_blob_url
-    from vhdtool.download import DownloadOptions, download as do_download
+    from vhdtool.download import DownloadOptions
+    from vhdtool.download import download as do_download
     from vhdtool.units import format_size
 
     if src is not None and not is_blob_url(src) and dest is None and output is None:
@@ -356,8 +359,10 @@ def bench(
     """
     import tempfile
 
-    from vhdtool.bench.render import as_json as report_json, ratio_bars, table
-    from vhdtool.bench.run import BenchOptions, bench as run_bench
+    from vhdtool.bench.render import as_json as report_json
+    from vhdtool.bench.render import ratio_bars, table
+    from vhdtool.bench.run import BenchOptions
+    from vhdtool.bench.run import bench as run_bench
 
     if plot is not None:
         from vhdtool.bench.plot import require_matplotlib

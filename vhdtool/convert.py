@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from vhdtool import ranges
 from vhdtool.engine import Source, nonzero_data, progress_bar, scan
 from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.fixed import FixedImage
@@ -56,7 +57,7 @@ def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
 
 
 def sector_size(n: int) -> int:
-    return -(-n // SECTOR) * SECTOR
+    return ranges.round_up(n, SECTOR)
 
 
 def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:

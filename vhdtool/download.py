@@ -30,7 +30,13 @@ from vhdtool.azure.stream import ContentMd5
 from vhdtool.engine import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.image import open_disk
-from vhdtool.output import TEMP_SUFFIX, PendingOutput, check_destination, publish, sync_folder
+from vhdtool.output import (
+    TEMP_SUFFIX,
+    PendingOutput,
+    check_destination,
+    publish,
+    sync_folder,
+)
 from vhdtool.sink import SparseFile
 
 MAX_READERS = 8  # the engine holds 2n + 1 read buffers of 4 MiB: memory stays under ~150 MiB

@@ -128,7 +128,7 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
 
 def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
     length = end - start
-    padded = -(-length // granularity) * granularity
+    padded = ranges.round_up(length, granularity)
     view = buf.bytes[:length]
     try:
         source.readinto(start, view)
@@ -155,7 +155,7 @@ def scan(
     chunk's length once the consumer is done with it.
     """
     check_granularity(granularity)
-    chunk_size = -(-chunk_size // granularity) * granularity
+    chunk_size = ranges.round_up(chunk_size, granularity)
     workers = workers or default_workers()
     plan = read_plan(source, granularity, chunk_size)
     free = [_Buffer(chunk_size, granularity) for _ in range(2 * workers + 1)]

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 
 from vhdtool import ranges
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import FOOTER_SIZE, DiskType, new_footer, seal_footer, build_footer
+from vhdtool.format.footer import (
+    FOOTER_SIZE,
+    DiskType,
+    build_footer,
+    new_footer,
+    seal_footer,
+)
 from vhdtool.image import Disk, zero
 
 SECTOR = 512

@@ -35,7 +35,12 @@ from vhdtool.format.footer import (
     geometry,
     parse_footer,
 )
-from vhdtool.format.header import HEADER_COOKIE, HEADER_SIZE, header_checksum, parse_header
+from vhdtool.format.header import (
+    HEADER_COOKIE,
+    HEADER_SIZE,
+    header_checksum,
+    parse_header,
+)
 
 SECTOR = 512
 # qemu 7.2 (block/vpc.c) reads current_size for these creators, CHS for every other one.
@@ -241,7 +246,7 @@ class SparseDisk(Disk):
 
     def _read_block(self, block: int, within: int, view: memoryview) -> None:
         flags = self.sector_flags(block)
-        first, last = within // SECTOR, -(-(within + len(view)) // SECTOR)
+        first, last = within // SECTOR, ranges.ceil_div(within + len(view), SECTOR)
         window = flags[first:last]
         data_offset = self.block_data_offset(block)
         if window.all():
@@ -354,7 +359,7 @@ def _open_sparse(path: Path, fd: int, st: os.stat_result, footer: Container) -> 
     if block_size < SECTOR or block_size & (block_size - 1):
         raise FormatError(f"block size {block_size} is not a power of two of at least 512", path)
     entries = header.max_table_entries
-    needed = -(-footer.current_size // block_size)
+    needed = ranges.ceil_div(footer.current_size, block_size)
     if entries < needed:
         raise FormatError(
             f"BAT has {entries} entries but {needed} are needed for {footer.current_size} bytes",

@@ -19,7 +19,12 @@ from vhdtool.format.footer import (
     footer_checksum,
     geometry,
 )
-from vhdtool.format.header import header_checksum, build_header, locator_data_space, parent_name
+from vhdtool.format.header import (
+    build_header,
+    header_checksum,
+    locator_data_space,
+    parent_name,
+)
 from vhdtool.format.timestamp import to_iso
 from vhdtool.image import Disk, SparseDisk, open_disk, qemu_7_2_size
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhdtool import ranges
 from vhdtool.check import (
     REPAIRED_BY_ALIGNMENT,
     REPAIRED_BY_CONVERSION,
@@ -38,7 +39,7 @@ class Prepared:
 
 
 def prepared_size(size: int, target: Target) -> int:
-    size = -(-size // MiB) * MiB
+    size = ranges.round_up(size, MiB)
     return max(size, MANAGED_DISK_MIN) if target == Target.AZURE_MANAGED_DISK else size
 
 

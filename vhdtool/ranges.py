@@ -15,6 +15,16 @@ import numpy as np
 Range = tuple[int, int]
 
 
+def ceil_div(n: int, unit: int) -> int:
+    """How many `unit`s cover `n` bytes (blocks for a size, sectors for a length)."""
+    return -(-n // unit)
+
+
+def round_up(n: int, unit: int) -> int:
+    """`n` rounded up to a multiple of `unit`."""
+    return ceil_div(n, unit) * unit
+
+
 def data_extents(fd: int, start: int, end: int) -> Iterator[Range]:
     """The parts of [start, end) of a file that the filesystem says hold data.
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from construct import Container
 
+from vhdtool import ranges
 from vhdtool.errors import VhdError
 from vhdtool.format.bat import UNALLOCATED
 from vhdtool.format.footer import (
@@ -47,7 +48,7 @@ def target_size(current: int, size: int | None, align: int | None) -> int:
     if align is not None:
         if align <= 0 or align % SECTOR:
             raise VhdError(f"--align {align:,} is not a positive multiple of 512")
-        return -(-current // align) * align
+        return ranges.round_up(current, align)
     if size <= 0 or size % SECTOR:
         raise VhdError(f"size {size:,} is not a positive multiple of 512 bytes")
     return size
@@ -154,7 +155,7 @@ def bat_capacity(disk: SparseDisk) -> int:
 
 def resize_dynamic(fd: int, disk: SparseDisk, new: int) -> None:
     header = Container(disk.header)
-    needed = -(-new // disk.block_size)
+    needed = ranges.ceil_div(new, disk.block_size)
     if needed > header.max_table_entries:
         room = bat_capacity(disk)
         if needed > room:

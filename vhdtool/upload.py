@@ -137,7 +137,12 @@ class SourceIdentity:
 def refuse_unfixable(path: Path, align: bool) -> None:
     """Refuse, before anything is sent, a source `check --target azure` fails for a reason that
     on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align)."""
-    from vhdtool.check import REPAIRED_BY_ALIGNMENT, REPAIRED_BY_CONVERSION, check_image, unrepaired
+    from vhdtool.check import (
+        REPAIRED_BY_ALIGNMENT,
+        REPAIRED_BY_CONVERSION,
+        check_image,
+        unrepaired,
+    )
 
     for finding in unrepaired(check_image(path, "azure"), REPAIRED_BY_CONVERSION):
         if finding.code in REPAIRED_BY_ALIGNMENT:
@@ -150,7 +155,7 @@ def refuse_unfixable(path: Path, align: bool) -> None:
 def fixed_image(disk: Disk, align: bool) -> FixedImage:
     """The fixed VHD to upload. Its footer bytes are the same on every run (source UUID and
     timestamp kept), so a resumed upload regenerates exactly what the first run began."""
-    size = -(-disk.virtual_size // MiB) * MiB if align else disk.virtual_size
+    size = ranges.round_up(disk.virtual_size, MiB) if align else disk.virtual_size
     return FixedImage(disk, size, keep_uuid=True, timestamp=disk.footer.timestamp)
 
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from construct import Container
 
-from vhdtool.format.bat import UNALLOCATED, bat_bytes, bitmap_bytes, build_bat, build_bitmap
+from vhdtool import ranges
+from vhdtool.format.bat import (
+    UNALLOCATED,
+    bat_bytes,
+    bitmap_bytes,
+    build_bat,
+    build_bitmap,
+)
 from vhdtool.format.footer import FOOTER_SIZE, DiskType, new_footer, seal_footer
 from vhdtool.format.header import (
     DEFAULT_BLOCK_SIZE,
@@ -38,7 +45,7 @@ class ParentRef:
 
 
 def block_count(size: int, block_size: int) -> int:
-    return -(-size // block_size)
+    return ranges.ceil_div(size, block_size)
 
 
 class SparseImageWriter:
@@ -74,7 +81,7 @@ class SparseImageWriter:
     def _place_locators(self, offset: int) -> tuple[list[Container], int]:
         out = []
         for code, data, space in self.parent.locators if self.parent else []:
-            reserved = -(-len(data) // SECTOR) * SECTOR
+            reserved = ranges.round_up(len(data), SECTOR)
             out.append(
                 Container(
                     platform_code=code,

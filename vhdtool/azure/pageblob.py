@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from vhdtool import ranges
 from vhdtool.azure.location import BlobLocation, blob_client
-from vhdtool.azure.retry import Retrier, RetryPolicy, TransferError, describe, is_transient
+from vhdtool.azure.retry import (
+    Retrier,
+    RetryPolicy,
+    TransferError,
+    describe,
+    is_transient,
+)
 from vhdtool.errors import VhdError
 from vhdtool.ranges import Range
 

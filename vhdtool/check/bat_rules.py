@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from construct import Container
 
+from vhdtool import ranges
 from vhdtool.check.findings import Report
 from vhdtool.check.header_rules import block_size_valid
 from vhdtool.check.source import VhdFile
@@ -33,7 +34,7 @@ def read_bat(report: Report, vf: VhdFile, header: Container) -> np.ndarray | Non
     footer = vf.found.footer
     entries, table = header.max_table_entries, header.table_offset
     if block_size_valid(header.block_size):
-        needed = -(-footer.current_size // header.block_size)
+        needed = ranges.ceil_div(footer.current_size, header.block_size)
         if entries < needed:
             report.add(
                 "bat.too-small",
@@ -91,7 +92,7 @@ def metadata_end(vf: VhdFile, header: Container, entries: int) -> int:
 
 def sector_at_or_after(offset: int) -> int:
     """The first sector number whose byte offset is >= `offset`, clamped to the u32 range."""
-    return min(max(-(-offset // SECTOR), 0), UNALLOCATED)
+    return min(max(ranges.ceil_div(offset, SECTOR), 0), UNALLOCATED)
 
 
 def first(mask: np.ndarray, after: int = -1) -> int:

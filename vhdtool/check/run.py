@@ -17,7 +17,13 @@ from vhdtool.check.fixed_rules import check_fixed
 from vhdtool.check.footer_rules import check_copies, check_footer, check_tail
 from vhdtool.check.header_rules import check_header, read_header
 from vhdtool.check.parent_rules import check_chain, check_locators
-from vhdtool.check.source import VhdFile, check_alignment, check_length, find_footer, open_for_check
+from vhdtool.check.source import (
+    VhdFile,
+    check_alignment,
+    check_length,
+    find_footer,
+    open_for_check,
+)
 from vhdtool.check.target_rules import check_azure, check_interop
 from vhdtool.format.footer import DiskType
 

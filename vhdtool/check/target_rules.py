@@ -11,6 +11,7 @@ from pathlib import Path
 
 from construct import Container
 
+from vhdtool import ranges
 from vhdtool.check.findings import Report, Severity, Target
 from vhdtool.format.footer import FOOTER_SIZE, DiskType, creator_text, geometry
 from vhdtool.image import MAX_VHD_SIZE, qemu_7_2_size
@@ -120,7 +121,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             prepare,
         )
     if size % MiB:
-        up = -(-size // MiB) * MiB
+        up = ranges.round_up(size, MiB)
         report.add(
             "azure.size-not-mib",
             f"the virtual size is {size:,} bytes ({size / MiB:.2f} MiB), not a whole number of "

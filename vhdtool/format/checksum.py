@@ -4,7 +4,7 @@ Footer and dynamic header use the same rule (spec; QEMU vpc_checksum, libvhd vhd
 and are decoded and sealed the same way.
 """
 
-from construct import Construct, Container, ConstructError
+from construct import Construct, ConstructError, Container
 
 from vhdtool.errors import FormatError
 

@@ -26,8 +26,21 @@ from vhdtool.errors import VhdError
 from vhdtool.store import IMAGE, Store
 from vhdtool.vmimage.copies import copy_all, keep_or_discard
 from vhdtool.vmimage.disks import DiskSpec, check_disk_set, check_source, locate
-from vhdtool.vmimage.names import DATA_DISK, OS_DISK, OS_STATES, OS_TYPES, captured_name, check_name, choice
-from vhdtool.vmimage.records import disk_metadata, image_disk, image_record, record_metadata
+from vhdtool.vmimage.names import (
+    DATA_DISK,
+    OS_DISK,
+    OS_STATES,
+    OS_TYPES,
+    captured_name,
+    check_name,
+    choice,
+)
+from vhdtool.vmimage.records import (
+    disk_metadata,
+    image_disk,
+    image_record,
+    record_metadata,
+)
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import BlobLocation

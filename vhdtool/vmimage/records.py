@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from vhdtool import ranges
 from vhdtool.errors import VhdError
 from vhdtool.store import IMAGE, VM, Store, StoredDisk
 from vhdtool.vmimage.disks import DiskSpec
@@ -78,7 +79,7 @@ def record_metadata(kind: str, name: str, extra: dict[str, str]) -> dict[str, st
 
 def disk_size_gb(size: int) -> int:
     """Azure's diskSizeGB: the virtual size (the blob minus its footer) in whole GiB, rounded up."""
-    return max(1, -(-(size - FOOTER) // GiB))
+    return max(1, ranges.ceil_div(size - FOOTER, GiB))
 
 
 def vm_disk(image_disk_entry: dict[str, Any], stored: StoredDisk, os_type: str | None) -> dict[str, Any]:
