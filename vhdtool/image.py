@@ -102,6 +102,16 @@ def locate_footer(fd: int, size: int) -> FooterLocation | None:
     return None
 
 
+def require_footer(fd: int, size: int, path: Path) -> FooterLocation:
+    """The footer (see locate_footer), or NotVhdError saying why there is none."""
+    if size < SHORT_FOOTER_SIZE:
+        raise NotVhdError(f"file is {size} bytes, too small to be a VHD (a footer is 512)", path)
+    found = locate_footer(fd, size)
+    if found is None:
+        raise NotVhdError("not a VHD: no 'conectix' footer at the end or start of the file", path)
+    return found
+
+
 def qemu_7_2_size(footer: Container) -> int:
     """The virtual size qemu-img 7.2 reads from this footer (see module docstring)."""
     chs = geometry(footer)
@@ -316,11 +326,7 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
 
 def _open_vhd(path: Path, fd: int, st: os.stat_result) -> Disk:
     size = st.st_size
-    if size < SHORT_FOOTER_SIZE:
-        raise NotVhdError(f"file is {size} bytes, too small to be a VHD (a footer is 512)", path)
-    found = locate_footer(fd, size)
-    if found is None:
-        raise NotVhdError("not a VHD: no 'conectix' footer at the end or start of the file", path)
+    found = require_footer(fd, size, path)
     footer = found.footer
     if footer_checksum(found.raw) != footer.checksum:
         raise FormatError(

@@ -19,8 +19,8 @@ import numpy as np
 
 from vhdtool import ranges
 from vhdtool.engine import nonzero_data, scan
-from vhdtool.errors import FormatError, VhdError
-from vhdtool.image import Disk, FlatDisk, locate_footer, open_disk
+from vhdtool.errors import VhdError
+from vhdtool.image import Disk, FlatDisk, open_disk, require_footer
 from vhdtool.sink import copy_nonzero, sparse_output
 
 
@@ -57,8 +57,7 @@ def snapshot(
     """Copy `src` to `dest`, or next to it as <stem>-snapshot-YYYY-MM-DD[-NN].vhd."""
     src = Path(src)
     with open_disk(src, raw=True) as source:
-        if locate_footer(source.fd, source.file_size) is None:
-            raise FormatError("not a VHD: no 'conectix' footer at the end or start of the file", src)
+        require_footer(source.fd, source.file_size, src)
         target = Path(dest) if dest is not None else default_destination(src, date.today())
         check_not_source(src, target)
         before = fingerprint(source.stat)
