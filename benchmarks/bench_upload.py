@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """upload against BlobClient.upload_blob(blob_type="PageBlob"), on Azurite over loopback.
 
-Issue 6 acceptance, one run each: a 4 GiB fixed VHD with ~10% data in scattered 64 KiB pieces
-(seeded, unaligned offsets) is uploaded by `vhdtool upload` and by the SDK's upload_blob (same
-parallelism, same server). Reported: page-data bytes sent vs the non-zero bytes (target
+Issue 6 acceptance: a 4 GiB fixed VHD with ~10% data in scattered 64 KiB pieces (seeded,
+unaligned offsets) is uploaded by `vhdtool upload` and by the SDK's upload_blob (same
+parallelism, same server), interleaved, `--repeats` times each (medians: one run is at the
+mercy of whatever else the machine does; both share its cores with Azurite). Reported: page-data bytes sent vs the non-zero bytes (target
 <= 1.01x) and what 2 MiB chunks (azure-vhd-utils) and 4 MiB chunks (AzCopy, and upload_blob)
 would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from
 the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
 while the disk is watched (no temporary file: free space, the files the process opens for
 writing and the bytes it writes to storage) and downloaded back, compared with the fixed VHD
 it represents.
-Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 16] [--dir DIR] [--json FILE]
+Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 16] [--repeats 3] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from azurite import install_azurite, running_azurite  # noqa: E402
-from common import GiB, MiB, add_json_option, check, run_measured, write_json  # noqa: E402
+from common import GiB, MiB, add_json_option, check, interleaved, print_table, run_measured, write_json  # noqa: E402
 
 from vhdtool.create import create  # noqa: E402
 from vhdtool.engine import nonzero_runs, scan  # noqa: E402
@@ -167,6 +168,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=4)
     ap.add_argument("--workers", type=int, default=16, help="vhdtool --workers and upload_blob max_concurrency")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each upload")
     ap.add_argument("--dir", type=Path, default=None)
     add_json_option(ap)
     args = ap.parse_args()
@@ -184,21 +186,30 @@ def main() -> int:
         print(f"source: {args.size_gib:g} GiB fixed VHD, {data / MiB:.0f} MiB of data in {data // PIECE} "
               f"scattered 64 KiB pieces, {allocated / MiB:.0f} MiB allocated")
 
-        # vhdtool upload: wall time, peak RSS, bytes read from files, page bytes on the blob
+        # vhdtool upload and the SDK's upload_blob (same image, server and parallelism), each run
+        # onto a fresh blob: after every run, what it left is measured once and deleted (Azurite
+        # keeps blobs in memory; vhdtool would resume an existing one).
         os.environ.update(AZURE_STORAGE_CONNECTION_STRING=az.connection_string, IO_PROBE_OUT=str(tmp / "io"))
-        ours_wall, ours_rss = run_measured([sys.executable, "-c", IO_PROBE, "upload", str(src), "--container",
-                                            CONTAINER, "--name", "ours.vhd", "--workers", str(args.workers)])
-        read = json.loads((tmp / "io").read_text())["rchar"]
-        ours_blob = container.get_blob_client("ours.vhd")
-        sent = page_bytes(ours_blob)
-        md5_set = ours_blob.get_blob_properties().content_settings.content_md5 is not None
+        ours, sdk = "vhdtool upload", "BlobClient.upload_blob"
+        commands = {
+            ours: [sys.executable, "-c", IO_PROBE, "upload", str(src), "--container", CONTAINER, "--name", "ours.vhd",
+                   "--workers", str(args.workers)],
+            sdk: [sys.executable, "-c", UPLOAD_BLOB, CONTAINER, "sdk.vhd", str(src), str(args.workers)],
+        }
+        left: dict[str, object] = {}
 
-        # the SDK's upload_blob: same image, same server, same parallelism
-        sdk_wall, sdk_rss = run_measured([sys.executable, "-c", UPLOAD_BLOB, CONTAINER, "sdk.vhd", str(src),
-                                          str(args.workers)])
-        sdk_blob = container.get_blob_client("sdk.vhd")
-        sdk_sent = page_bytes(sdk_blob)
-        sdk_blob.delete_blob()  # Azurite keeps blobs in memory
+        def measure_and_delete() -> None:
+            for blob in map(container.get_blob_client, ("ours.vhd", "sdk.vhd")):
+                if blob.exists():
+                    left.setdefault(blob.blob_name, page_bytes(blob))
+                    left.setdefault(f"{blob.blob_name} md5", blob.get_blob_properties().content_settings.content_md5)
+                    blob.delete_blob()
+
+        results = interleaved(commands, args.repeats, between=measure_and_delete, warmup=0)
+        print_table(f"{args.repeats} interleaved runs each", results)
+        ours_wall, ours_rss, sdk_wall, sdk_rss = results[ours].wall, results[ours].peak_rss, results[sdk].wall, results[sdk].peak_rss
+        read = json.loads((tmp / "io").read_text())["rchar"]  # the last vhdtool run's
+        sent, sdk_sent, md5_set = left["ours.vhd"], left["sdk.vhd"], left["ours.vhd md5"] is not None
 
         two, four = chunked_bytes(src, 2 * MiB), chunked_bytes(src, 4 * MiB)
         nonzero = data + 512  # the pieces (no zero byte in them) and the footer
@@ -207,7 +218,7 @@ def main() -> int:
         print(f"  2 MiB chunks (azure-vhd-utils)      {two:>15,}  {two / nonzero:6.3f}x")
         print(f"  4 MiB chunks (AzCopy)               {four:>15,}  {four / nonzero:6.3f}x")
         print(f"  upload_blob (measured page ranges)  {sdk_sent:>15,}  {sdk_sent / nonzero:6.3f}x")
-        print(f"\nwall time: vhdtool {ours_wall:.2f} s, upload_blob {sdk_wall:.2f} s; peak RSS: vhdtool "
+        print(f"\nmedian wall time: vhdtool {ours_wall:.2f} s, upload_blob {sdk_wall:.2f} s; peak RSS: vhdtool "
               f"{ours_rss / MiB:.0f} MiB, upload_blob {sdk_rss / MiB:.0f} MiB")
         print(f"bytes read by vhdtool from files: {read:,} ({read / allocated:.3f}x the source's allocated bytes)")
         ok = check("bytes sent / non-zero bytes", sent / nonzero, 1.01)
