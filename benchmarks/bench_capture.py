@@ -6,10 +6,11 @@ largest one twice (the disks are copied in parallel). Generates, in a scratch fo
 afterwards, three 4 GiB fixed VHDs, sparse, each with ~5% random data in scattered 1 MiB
 pieces (benchmarks/bench_snapshot.py's images, other seeds). Then runs, interleaved (the
 store and the snapshot removed between runs): `vhdtool snapshot` of one disk, `vhdtool image
-capture` of the three (os + 2 data disks) as is, and with --no-md5. A capture computes each
-copy's Content-MD5 by default, which hashes every byte of the disk, holes included (MD5 is
-sequential: zeros cannot be skipped), so it is measured both ways; the hashing rate of this
-machine is printed for scale.
+capture` of the three (os + 2 data disks) as is, and with --md5. A local capture sets no
+Content-MD5 by default; --md5 hashes each copy while copying it, every byte of the disk, holes
+included (MD5 is sequential: zeros cannot be skipped), so that run is bound by MD5's speed,
+not the copy's: it is shown for scale, with this machine's hashing rate, not held to the
+target.
 
 Usage: python benchmarks/bench_capture.py [--size-gib 4] [--repeats 3] [--dir DIR] [--json FILE]
 """
@@ -59,7 +60,7 @@ def main() -> int:
         commands = {
             "snapshot (one disk)": [*vhdtool, "snapshot", str(disks[0]), "-o", str(copy)],
             "capture (3 disks)": capture,
-            "capture (3 disks) --no-md5": [*capture, "--no-md5"],
+            "capture (3 disks) --md5": [*capture, "--md5"],
         }
 
         def clean() -> None:
@@ -72,12 +73,12 @@ def main() -> int:
         print(f"\n  MD5 on this machine: {md5_rate():.2f} GB/s per core; a {args.size_gib} GiB disk is "
               f"{args.size_gib * GiB / 1e9 / md5_rate():.1f} s of hashing")
         print(f"  2 x snapshot = {2 * snap:.3f} s; 3 sequential snapshots would be ~{3 * snap:.3f} s")
+        print(f"  capture --md5 / (2 x snapshot) = {results['capture (3 disks) --md5'].wall / (2 * snap):.2f}x "
+              "(not a target: MD5-bound)")
         print("\ntargets")
         met = [
-            check("capture --no-md5 / (2 x snapshot of the largest)",
-                  results["capture (3 disks) --no-md5"].wall / (2 * snap), 1.0),
-            check("capture (with Content-MD5) / (2 x snapshot)", results["capture (3 disks)"].wall / (2 * snap), 1.0),
-            check("capture peak RSS", results["capture (3 disks)"].peak_rss / MiB, 150, " MiB"),
+            check("capture / (2 x snapshot of the largest)", results["capture (3 disks)"].wall / (2 * snap), 1.0),
+            check("capture peak RSS", max(results[c].peak_rss for c in commands if c.startswith("capture")) / MiB, 150, " MiB"),
         ]
         print(f"\n{sum(met)}/{len(met)} targets met")
         write_json(args.json)

@@ -80,7 +80,7 @@ def test_capture_deploy_delete_orphans(cli, tmp_path) -> None:
     disks = three_disks(tmp_path)
     store = tmp_path / "store"
     started = datetime.now(timezone.utc).replace(microsecond=0)
-    done = cli(*capture_args("web", disks, store, "--label", "front end", "--os-caching", "readonly"))
+    done = cli(*capture_args("web", disks, store, "--label", "front end", "--os-caching", "readonly", "--md5"))
     assert done.code == 0, done.err
     assert "image web \"front end\": Linux, Generalized" in done.out
 
@@ -176,10 +176,11 @@ def test_specialized_image_deploys_without_provisioning(cli, tmp_path) -> None:
     assert (store / "vhds" / "box2-os.vhd").read_bytes() == disk.read_bytes()
 
 
-def test_no_md5_leaves_it_out(cli, tmp_path) -> None:
+@pytest.mark.parametrize("flag", [None, "--no-md5"])
+def test_a_local_capture_hashes_only_when_asked(cli, tmp_path, flag) -> None:
     disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 1, 3)
     done = cli("image", "capture", "q", "--os-disk", str(disk), "--os-type", "linux", "--os-state", "specialized",
-               "--no-md5", "--store", str(tmp_path / "s"), "--json")
+               *filter(None, [flag]), "--store", str(tmp_path / "s"), "--json")
     assert done.code == 0, done.err
     assert json.loads(done.out)["osDisk"]["contentMd5"] is None
 

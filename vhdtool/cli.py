@@ -416,7 +416,7 @@ def image_capture(
     os_caching: Annotated[str, typer.Option("--os-caching", help="Host caching of the OS disk: ReadOnly, ReadWrite or None.")] = "ReadWrite",
     label: Annotated[Optional[str], typer.Option("--label", help="A description kept with the image.")] = None,
     source_vm: Annotated[Optional[str], typer.Option("--source-vm", help="The VM the disks belong to, kept as microsoftazurecompute_capturedvmkey (default: a key of the disk set).")] = None,
-    no_md5: Annotated[bool, typer.Option("--no-md5", help="Skip computing Content-MD5 where a copy has none (a local copy: hashing reads every byte, holes as zeros).")] = False,
+    md5: Annotated[Optional[bool], typer.Option("--md5/--no-md5", help="Set Content-MD5 on copies that have none. Default: on in an Azure store (an upload hashes in its one pass), off in a local store (MD5 hashes every byte, holes too: ~1.2 s per GiB; --md5 does it while copying).", show_default=False)] = None,
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
@@ -436,7 +436,7 @@ def image_capture(
 
     request = CaptureRequest(
         name, DiskSpec(None, os_disk, choice(os_caching, CACHING, "--os-caching")),
-        [parse_data_disk(text) for text in data_disk or []], os_type, os_state, label, source_vm, md5=not no_md5,
+        [parse_data_disk(text) for text in data_disk or []], os_type, os_state, label, source_vm, md5=md5,
     )
     record = capture(image_store(store, container, connection_string), request, log=note)
     emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))

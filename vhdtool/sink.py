@@ -15,7 +15,7 @@ import errno
 import fcntl
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +27,7 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 COPY_UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITEBACK_STEP = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
+Tap = Callable[[int, memoryview], None]  # (offset, bytes) of each non-zero run copied
 
 
 @functools.cache
@@ -127,8 +128,11 @@ def sparse_output(
         yield SparseFile(out, size, origin)
 
 
-def copy_nonzero(source: Source, out: SparseFile, label: str) -> None:
-    """Put every non-zero run of `source` into `out`, with a progress bar over the scan."""
+def copy_nonzero(source: Source, out: SparseFile, label: str, tap: Tap | None = None) -> None:
+    """Put every non-zero run of `source` into `out`, with a progress bar over the scan;
+    `tap` sees each run too, in order (to hash the copy in the same pass)."""
     with progress_bar(source, label) as update:
         for offset, data in nonzero_data(scan(source, progress=update)):
             out.put(offset, data)
+            if tap is not None:
+                tap(offset, data)

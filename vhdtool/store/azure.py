@@ -31,7 +31,7 @@ from vhdtool.azure.retry import Retrier, TransferError, describe, is_transient
 from vhdtool.errors import VhdError
 from vhdtool.output import MAX_NUMBER
 from vhdtool.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk
-from vhdtool.store.digest import content_md5
+from vhdtool.store.digest import b64, content_md5
 from vhdtool.store.local import utc_now
 
 if TYPE_CHECKING:
@@ -64,10 +64,6 @@ def copy_source_url(source: BlobLocation) -> str:
     return f"{source.url}?{source.sas_token}" if source.sas_token else source.url
 
 
-def b64(md5: bytes | bytearray | None) -> str | None:
-    return base64.b64encode(bytes(md5)).decode() if md5 else None
-
-
 def blob_md5(blob: PageBlob, size: int) -> str:
     """Content-MD5 of a page blob, from its page ranges (the gaps are zeros)."""
     from vhdtool.azure.remote import BlobSource
@@ -96,6 +92,7 @@ def trail_from_copy(props: BlobProperties, source: str) -> CopyTrail:
 
 class AzureStore(Store):
     kind = "azure"
+    md5_by_default = True
     capture_suffix = ""
 
     def __init__(self, container: ContainerLocation):

@@ -76,6 +76,10 @@ class Store(ABC):
     """A local folder or an Azure container holding VHDs and image/VM records."""
 
     kind: str  # "local" or "azure"
+    # Whether captures set Content-MD5 unless told otherwise: on Azure it is blob metadata that
+    # Azure shows and checks (copies carry it; an upload hashes in its one pass); a local copy
+    # has no use for it, and MD5 costs ~1.2 s per GiB of disk, holes included.
+    md5_by_default: bool
     # Captured VHDs carry .vhd locally; on Azure they are named as Azure names them, without.
     capture_suffix: str
 

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from vhdtool.engine import Source
 
 
+def b64(md5: bytes | bytearray | None) -> str | None:
+    """A digest as Azure shows Content-MD5 (base64), None for none."""
+    return base64.b64encode(bytes(md5)).decode() if md5 else None
+
+
 def content_md5(source: Source, label: str) -> str:
     """Base64 MD5 of `source`'s `virtual_size` bytes."""
     from vhdtool.azure.stream import ContentMd5
@@ -23,4 +28,4 @@ def content_md5(source: Source, label: str) -> str:
     with progress_bar(source, f"md5 {label}") as update:
         for chunk in scan(source, progress=update):
             md5.add(chunk.offset, chunk.view)
-    return base64.b64encode(md5.digest(source.virtual_size)).decode()
+    return b64(md5.digest(source.virtual_size))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
-from vhdtool.store.digest import content_md5
+from vhdtool.store.digest import b64, content_md5
 from vhdtool.store.writers import busy_reason, writers
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def snapshot_trail(source: Path, copied: SnapshotResult) -> CopyTrail:
 
 class LocalStore(Store):
     kind = "local"
+    md5_by_default = False
     capture_suffix = ".vhd"
 
     def __init__(self, root: Path):
@@ -56,15 +57,19 @@ class LocalStore(Store):
         return (self.vhd_dir / name).exists()
 
     def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
+        from vhdtool.azure.stream import ContentMd5
         from vhdtool.output import PendingOutput, publish, sync_folder, temp_name
         from vhdtool.snapshot import snapshot
 
         dest = self.vhd_dir / name
         self.vhd_dir.mkdir(parents=True, exist_ok=True)
         staging = temp_name(dest)
+        hashing = ContentMd5() if md5 else None  # fed by the copy itself: one pass
         try:
-            copied = snapshot(source, staging)
-            digest = file_md5(staging, source.name) if md5 else None
+            copied = snapshot(source, staging, tap=hashing.add if hashing else None)
+            digest = None
+            if hashing is not None:  # a reflink copies no bytes: then the copy is read to hash it
+                digest = file_md5(staging, source.name) if copied.reflinked else b64(hashing.digest(copied.size))
             final = publish(PendingOutput(-1, dest, staging), force=False, numbered=True)
             sync_folder(final)
         finally:

@@ -55,7 +55,7 @@ class CaptureRequest:
     os_state: str  # generalized or specialized (any case)
     label: str | None = None
     vm_key: str | None = None  # microsoftazurecompute_capturedvmkey; default: the disk set's key
-    md5: bool = True  # compute Content-MD5 where the copy has none (a local copy never has)
+    md5: bool | None = None  # compute Content-MD5 where a copy has none; None: the store's default
 
 
 def disk_set_key(sources: list[Path | BlobLocation]) -> str:
@@ -94,10 +94,11 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
     in_use = check_usable(sources, os_state, log)
     now = datetime.now(timezone.utc)
     vm_key = request.vm_key or disk_set_key(sources)
+    md5 = store.md5_by_default if request.md5 is None else request.md5
     metadata = [disk_metadata(OS_DISK if d.lun is None else DATA_DISK, os_state, os_type, vm_key) for d in disks]
     stored = copy_all(store, [
         partial(store.copy_in, source, captured_name(name, d.lun, now.date(), store.capture_suffix),
-                metadata=meta, md5=request.md5, log=log)
+                metadata=meta, md5=md5, log=log)
         for d, source, meta in zip(disks, sources, metadata)
     ])
     entries = [image_disk(d, s, meta, busy) for d, s, meta, busy in zip(disks, stored, metadata, in_use)]
