@@ -3,20 +3,21 @@
 
 Issue 6 acceptance: a 4 GiB fixed VHD with ~10% data in scattered 64 KiB pieces (seeded,
 unaligned offsets) is uploaded by `vhdtool upload` and by the SDK's upload_blob (same
-parallelism, same server), interleaved, `--repeats` times each (medians: one run is at the
-mercy of whatever else the machine does; both share its cores with Azurite). Reported: page-data bytes sent vs the non-zero bytes (target
-<= 1.01x) and what 2 MiB chunks (azure-vhd-utils) and 4 MiB chunks (AzCopy, and upload_blob)
-would send; wall time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from
-the source (read once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded
-while the disk is watched (no temporary file: free space, the files the process opens for
-writing and the bytes it writes to storage) and downloaded back, compared with the fixed VHD
-it represents.
+parallelism, same server), in turns, `--repeats` rounds, each on a fresh Azurite (medians:
+one run is at the mercy of whatever else the machine does; both share its cores with
+Azurite). Reported: page-data bytes sent vs the non-zero bytes (target <= 1.01x) and what
+2 MiB chunks (azure-vhd-utils) and 4 MiB chunks (AzCopy, and upload_blob) would send; wall
+time ratio (target <= 1/3); peak RSS (target <= 150 MiB); bytes read from the source (read
+once: ~1x its allocated bytes). Then a dynamic copy of the image is uploaded while the disk
+is watched (no temporary file: free space, the files the process opens for writing and the
+bytes it writes to storage) and downloaded back, compared with the fixed VHD it represents.
 Usage: python benchmarks/bench_upload.py [--size-gib 4] [--workers 16] [--repeats 3] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,7 +35,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from azurite import install_azurite, running_azurite  # noqa: E402
-from common import GiB, MiB, add_json_option, check, interleaved, print_table, run_measured, write_json  # noqa: E402
+from common import (  # noqa: E402
+    GiB,
+    MiB,
+    Samples,
+    add_json_option,
+    check,
+    interleaved,
+    print_table,
+    run_measured,
+    write_json,
+)
 
 from vhdtool.create import create  # noqa: E402
 from vhdtool.engine import nonzero_runs, scan  # noqa: E402
@@ -40,6 +53,9 @@ from vhdtool.format.footer import DiskType  # noqa: E402
 from vhdtool.image import open_disk  # noqa: E402
 from vhdtool.ranges import total  # noqa: E402
 from vhdtool.upload import fixed_image  # noqa: E402
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 PIECE = 64 * 1024
 CONTAINER = "bench"
@@ -159,6 +175,17 @@ class DiskWatch:
         return max(self.start[f] - self.lowest[f] for f in self.folders)
 
 
+@contextlib.contextmanager
+def azurite_container(tmp: Path) -> Iterator[ContainerClient]:
+    """A fresh Azurite with the benchmark's container, its connection string in the environment
+    (where the commands measured find it)."""
+    from azure.storage.blob import BlobServiceClient
+
+    with running_azurite(tmp) as az:
+        os.environ["AZURE_STORAGE_CONNECTION_STRING"] = az.connection_string
+        yield BlobServiceClient.from_connection_string(az.connection_string).create_container(CONTAINER)
+
+
 def page_bytes(blob) -> int:
     """Page data on a blob, as the server lists it: on a fresh blob, what the uploader sent."""
     return sum(r.end + 1 - r.start for r in blob.list_page_ranges())
@@ -174,42 +201,38 @@ def main() -> int:
     args = ap.parse_args()
     size = int(args.size_gib * GiB)
     install_azurite()
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp, running_azurite(tmp) as az:
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp:
         tmp = Path(tmp)
-        from azure.storage.blob import BlobServiceClient
-
-        service = BlobServiceClient.from_connection_string(az.connection_string)
-        container = service.create_container(CONTAINER)
         src = tmp / "fixed.vhd"
         data = make_image(src, size, 0.10)
         allocated = src.stat().st_blocks * 512
         print(f"source: {args.size_gib:g} GiB fixed VHD, {data / MiB:.0f} MiB of data in {data // PIECE} "
               f"scattered 64 KiB pieces, {allocated / MiB:.0f} MiB allocated")
 
-        # vhdtool upload and the SDK's upload_blob (same image, server and parallelism), each run
-        # onto a fresh blob: after every run, what it left is measured once and deleted (Azurite
-        # keeps blobs in memory; vhdtool would resume an existing one).
-        os.environ.update(AZURE_STORAGE_CONNECTION_STRING=az.connection_string, IO_PROBE_OUT=str(tmp / "io"))
+        # vhdtool upload and the SDK's upload_blob: same image, server and parallelism, in
+        # turns, each round on a fresh Azurite (it frees a deleted blob's memory only later, and
+        # upload_blob leaves the whole image there: rounds would pile up gigabytes).
+        os.environ["IO_PROBE_OUT"] = str(tmp / "io")
         ours, sdk = "vhdtool upload", "BlobClient.upload_blob"
         commands = {
             ours: [sys.executable, "-c", IO_PROBE, "upload", str(src), "--container", CONTAINER, "--name", "ours.vhd",
                    "--workers", str(args.workers)],
             sdk: [sys.executable, "-c", UPLOAD_BLOB, CONTAINER, "sdk.vhd", str(src), str(args.workers)],
         }
-        left: dict[str, object] = {}
-
-        def measure_and_delete() -> None:
-            for blob in map(container.get_blob_client, ("ours.vhd", "sdk.vhd")):
-                if blob.exists():
-                    left.setdefault(blob.blob_name, page_bytes(blob))
-                    left.setdefault(f"{blob.blob_name} md5", blob.get_blob_properties().content_settings.content_md5)
-                    blob.delete_blob()
-
-        results = interleaved(commands, args.repeats, between=measure_and_delete, warmup=0)
-        print_table(f"{args.repeats} interleaved runs each", results)
+        results = {name: Samples() for name in commands}
+        for round_no in range(args.repeats):
+            with azurite_container(tmp) as container:
+                order = list(commands)[round_no % 2 :] + list(commands)[: round_no % 2]
+                for name, samples in interleaved({n: commands[n] for n in order}, 1, warmup=0).items():
+                    results[name].walls += samples.walls
+                    results[name].rss += samples.rss
+                if round_no == 0:  # what each left on its blob
+                    ours_blob, sdk_blob = map(container.get_blob_client, ("ours.vhd", "sdk.vhd"))
+                    sent, sdk_sent = page_bytes(ours_blob), page_bytes(sdk_blob)
+                    md5_set = ours_blob.get_blob_properties().content_settings.content_md5 is not None
+        print_table(f"{args.repeats} runs each, in turns", results)
         ours_wall, ours_rss, sdk_wall, sdk_rss = results[ours].wall, results[ours].peak_rss, results[sdk].wall, results[sdk].peak_rss
         read = json.loads((tmp / "io").read_text())["rchar"]  # the last vhdtool run's
-        sent, sdk_sent, md5_set = left["ours.vhd"], left["sdk.vhd"], left["ours.vhd md5"] is not None
 
         two, four = chunked_bytes(src, 2 * MiB), chunked_bytes(src, 4 * MiB)
         nonzero = data + 512  # the pieces (no zero byte in them) and the footer
@@ -228,6 +251,14 @@ def main() -> int:
         ok &= check("Content-MD5 set by vhdtool", float(md5_set), 1, "", higher_is_better=True)
 
         # a dynamic source: no temporary file while uploading, identical when downloaded back
+        ok &= dynamic_round_trip(src, tmp, args.workers)
+    write_json(args.json)
+    return 0 if ok else 1
+
+
+def dynamic_round_trip(src: Path, tmp: Path, workers: int) -> bool:
+    """Upload a dynamic copy of `src` while watching the disk, download it back and compare."""
+    with azurite_container(tmp):
         dyn = tmp / "dynamic.vhd"
         subprocess.run([sys.executable, "-m", "vhdtool.cli", "convert", str(src), str(dyn), "--to", "dynamic"],
                        check=True, capture_output=True)
@@ -235,7 +266,7 @@ def main() -> int:
         folders = sorted({tmp, Path(tempfile.gettempdir()), Path.home()}, key=str)
         with DiskWatch([f for f in folders if f.exists()]) as watch:
             child = subprocess.Popen([sys.executable, "-c", IO_PROBE, "upload", str(dyn), "--container", CONTAINER,
-                                      "--name", "dyn.vhd", "--workers", str(args.workers)],
+                                      "--name", "dyn.vhd", "--workers", str(workers)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             watch.pid = child.pid
             out, err = child.communicate()
@@ -253,11 +284,9 @@ def main() -> int:
               "(any process on that disk)")
         print(f"downloaded back in {dl_wall:.2f} s (peak RSS {dl_rss / MiB:.0f} MiB), "
               f"{back.stat().st_blocks * 512 / MiB:.0f} MiB allocated; identical to the fixed VHD it represents: {identical}")
-        ok &= check("files written during the dynamic upload", len(watch.written_files), 0, "")
-        ok &= check("bytes written to storage by the dynamic upload", io["write_bytes"], 0, "")
-        ok &= check("download identical", float(identical), 1, "", higher_is_better=True)
-    write_json(args.json)
-    return 0 if ok else 1
+    ok = check("files written during the dynamic upload", len(watch.written_files), 0, "")
+    ok &= check("bytes written to storage by the dynamic upload", io["write_bytes"], 0, "")
+    return check("download identical", float(identical), 1, "", higher_is_better=True) and ok
 
 
 if __name__ == "__main__":
