@@ -110,8 +110,10 @@ def interleaved(
     done: Callable[[], None] = lambda: None,
 ) -> dict[str, Samples]:
     """Run every command `warmup` + `repeats` times, round-robin (rotating the order each round
-    so no command always follows the same one); `between` runs after every command, `done`
-    after every run (a progress bar's tick)."""
+    so no command always follows the same one); `between` runs after every command (it removes
+    outputs), then a sync, so that no command pays for the writeback another one left (a cp
+    that leaves 8 GiB unflushed slows whatever runs next); `done` after every run (a progress
+    bar's tick)."""
     names = list(commands)
     results = {name: Samples() for name in names}
     for round_no in range(warmup + repeats):
@@ -119,6 +121,7 @@ def interleaved(
         for name in names[shift:] + names[:shift]:
             wall, rss = run_measured(commands[name])
             between()
+            os.sync()
             done()
             if round_no >= warmup:
                 results[name].walls.append(wall)
