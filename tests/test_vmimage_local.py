@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -456,3 +457,20 @@ def test_malformed_records_are_one_line_errors(text, message, cli, tmp_path) -> 
         done = cli(*args, "--store", str(store))
         assert done.code == 2 and re.search(message, done.err) and done.err.count("\n") == 1, done.err
     assert (store / "images" / "bad.json").read_text() == text  # not deleted by a refused delete
+
+
+@pytest.mark.parametrize("reflinked", [False, True])
+def test_copy_in_hashes_what_it_copied(tmp_path, monkeypatch, reflinked) -> None:
+    """Content-MD5 of a local copy: from the copy's own pass, or (a reflink copies no bytes
+    through vhdtool) by reading the copy; either way the MD5 of every byte, holes included."""
+    import vhdtool.sink
+
+    source = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 6)
+    if reflinked:  # ext4 has no reflink: stand one in that copies the bytes as FICLONE would
+        def fake_reflink(out: vhdtool.sink.SparseFile) -> bool:
+            os.pwrite(out.fd, source.read_bytes(), 0)
+            return True
+        monkeypatch.setattr(vhdtool.sink.SparseFile, "reflink", fake_reflink)
+    stored = LocalStore(tmp_path / "store").copy_in(source, "h-os.vhd", metadata={}, md5=True, log=print)
+    assert stored.md5 == md5_b64(source.read_bytes())
+    assert stored.trail.method == ("reflink" if reflinked else "sparse-copy")
