@@ -85,8 +85,3 @@ def writers(paths: Iterable[Path]) -> dict[Path, list[Writer]]:
 
 def busy_reason(found: list[Writer] | None) -> str | None:
     return "open for writing by " + ", ".join(map(str, found)) if found else None
-
-
-def in_use(path: Path) -> str | None:
-    """A one-line reason when `path` is open for writing, else None."""
-    return busy_reason(writers([path]).get(path))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from vhdtool.errors import VhdError
 from vhdtool.store import IMAGE, Store
 from vhdtool.vmimage.copies import copy_all, keep_or_discard
-from vhdtool.vmimage.disks import DiskSpec, check_disk_set, check_source, locate
+from vhdtool.vmimage.disks import DiskSpec, check_disk_set, check_sources, locate
 from vhdtool.vmimage.names import (
     DATA_DISK,
     OS_DISK,
@@ -68,8 +68,7 @@ def disk_set_key(sources: list[Path | BlobLocation]) -> str:
 def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callable[[str], None]) -> list[bool]:
     """Refuse what Azure would refuse; per disk, whether it is captured while in use."""
     in_use = []
-    for source in sources:
-        busy = check_source(source)
+    for source, busy in zip(sources, check_sources(sources)):
         if busy and os_state == "Generalized":
             raise VhdError(f"is in use, {busy}: a generalized image is captured from a stopped VM; "
                            "shut the VM down first", source)

@@ -96,12 +96,13 @@ def refusal(report: Report, hint: str) -> VhdError:
 def check_file(path: Path) -> None:
     """`check --target azure` on a local disk; refused with the `prepare` command if it fails."""
     from vhdtool.check import Severity, check_image
-    from vhdtool.check.target_rules import prepare_command
-    from vhdtool.prepare import default_output
 
     report = check_image(path, "azure")
     errors = [f for f in report.findings if f.severity == Severity.ERROR]
     if errors:
+        from vhdtool.check.target_rules import prepare_command
+        from vhdtool.prepare import default_output
+
         if any(f.fix for f in errors):  # check offers fixes only for structurally sound images
             hint = f"fix: {prepare_command(str(path), report.target)}, then capture {default_output(path)}"
         else:
@@ -132,11 +133,10 @@ def check_blob(location: BlobLocation) -> str | None:
     return lease_reason(info.lease_state, info.lease_duration)
 
 
-def check_source(source: Path | BlobLocation) -> str | None:
-    """Refuse a disk Azure would not take; return why it is in use, or None."""
-    if isinstance(source, Path):
-        from vhdtool.store.writers import in_use
+def check_sources(sources: list[Path | BlobLocation]) -> list[str | None]:
+    """Refuse a disk Azure would not take; per disk, why it is in use, or None."""
+    from vhdtool.store.writers import busy_reason, writers
 
-        check_file(source)
-        return in_use(source)
-    return check_blob(source)
+    leases = [check_file(s) if isinstance(s, Path) else check_blob(s) for s in sources]  # files: None
+    busy = writers(s for s in sources if isinstance(s, Path))  # one pass over /proc for all the files
+    return [busy_reason(busy.get(s)) if isinstance(s, Path) else lease for s, lease in zip(sources, leases)]
