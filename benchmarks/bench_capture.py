@@ -12,7 +12,7 @@ included (MD5 is sequential: zeros cannot be skipped), so that run is bound by M
 not the copy's: it is shown for scale, with this machine's hashing rate, not held to the
 target.
 
-Usage: python benchmarks/bench_capture.py [--size-gib 4] [--repeats 3] [--dir DIR] [--json FILE]
+Usage: python benchmarks/bench_capture.py [--size-gib 4] [--repeats 7] [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_snapshot import make_sparse  # noqa: E402
-from common import GiB, MiB, add_json_option, check, interleaved, print_table, write_json  # noqa: E402
+from common import GiB, MiB, add_json_option, byte_compile, check, interleaved, print_table, write_json  # noqa: E402
 
 
 def md5_rate() -> float:
@@ -43,10 +43,11 @@ def md5_rate() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gib", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     add_json_option(parser)
     args = parser.parse_args()
+    byte_compile()
     scratch = Path(tempfile.mkdtemp(prefix="vhdtool-bench-", dir=args.dir))
     try:
         disks = [scratch / f"disk{i}.vhd" for i in range(3)]

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GiB, MiB, add_json_option, check, interleaved, print_table, ratio, write_json  # noqa: E402
+from common import GiB, MiB, add_json_option, byte_compile, check, interleaved, print_table, ratio, write_json  # noqa: E402
 
 
 def make_image(path: Path, size: int, fraction: float, seed: int = 1) -> int:
@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None)
     add_json_option(ap)
     args = ap.parse_args()
+    byte_compile()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp:
         tmp = Path(tmp)
         src, ours, peer = tmp / "src.vhd", tmp / "ours.vhd", tmp / "qemu.vhd"

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import GiB, MiB, add_json_option, check, interleaved, print_table, ratio, write_json  # noqa: E402
+from common import GiB, MiB, add_json_option, byte_compile, check, interleaved, print_table, ratio, write_json  # noqa: E402
 from vhdtool.create import create  # noqa: E402
 from vhdtool.engine import CHUNK, PAGE, nonzero_pages, nonzero_runs, scan  # noqa: E402
 from vhdtool.format.footer import DiskType  # noqa: E402
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--size-gib", type=int, default=8)
     add_json_option(parser)
     args = parser.parse_args()
+    byte_compile()
     scratch = Path(tempfile.mkdtemp(prefix="vhdtool-bench-", dir=args.dir))
     try:
         sparse, dense, dst = scratch / "sparse.vhd", scratch / "dense.vhd", scratch / "out.vhd"

@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     MiB,
     Samples,
     add_json_option,
+    byte_compile,
     check,
     interleaved,
     print_table,
@@ -199,6 +200,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None)
     add_json_option(ap)
     args = ap.parse_args()
+    byte_compile()
     size = int(args.size_gib * GiB)
     install_azurite()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="vhdtool-bench-") as tmp:
