@@ -93,3 +93,34 @@ def test_output_copy_leaves_the_source_alone(tmp_path):
     proc = vhdtool("resize", str(src), "--size", "1MiB", "--allow-shrink", "-o", str(tmp_path / "s.vhd"))
     assert proc.returncode == 2 and "cuts off non-zero data" in proc.stderr
     assert not (tmp_path / "s.vhd").exists()
+
+
+def test_grow_fixed_with_extra_bytes_before_its_footer(tmp_path):
+    """A producer's extra bytes between the data and the footer (check: fixed.extra-data) are
+    zeroed inside the grown disk or cut off after its new footer, never left as the footer."""
+    src = copy(tmp_path, "windows-fixed-10m.vhd")
+    data = src.read_bytes()
+    for new, name in ((11 * MiB, "small-growth.vhd"), (20 * MiB, "large-growth.vhd")):
+        path = tmp_path / name
+        path.write_bytes(data[:-512] + b"\xab" * (2 * MiB) + data[-512:])  # 2 MiB extra
+        assert vhdtool("resize", str(path), "--size", str(new)).returncode == 0
+        assert path.stat().st_size == new + 512
+        assert qemu_info(path)["virtual-size"] == vhdi_info(path)["virtual_size"] == new
+        after = content(path, tmp_path)
+        assert after[: 10 * MiB] == data[: 10 * MiB] and not any(after[10 * MiB :])
+
+
+def test_grow_fixed_with_a_511_byte_footer(tmp_path):
+    path = copy(tmp_path, "virtualpc-short-footer.vhd")  # Virtual PC: footer in the last 511 bytes
+    before = content(path, tmp_path)
+    assert vhdtool("resize", str(path), "--align", "1MiB").returncode == 0
+    assert path.stat().st_size == 2 * MiB + 512 and qemu_info(path)["virtual-size"] == 2 * MiB
+    after = content(path, tmp_path)
+    assert after[: len(before)] == before and not any(after[len(before) :])
+
+
+def test_output_copy_refused_for_bat_room_leaves_nothing(tmp_path):
+    out = tmp_path / "big.vhd"
+    proc = vhdtool("resize", str(FIXTURES / "windows-dynamic-10m.vhd"), "--size", "1GiB", "-o", str(out))
+    assert proc.returncode == 2 and "the BAT has room for 128 blocks" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -134,6 +134,23 @@ def atomic_file(dest: str | os.PathLike, *, force: bool = False, numbered: bool 
 
 
 @contextmanager
+def staged_file(dest: str | os.PathLike, *, force: bool = False, numbered: bool = False) -> Iterator[PendingOutput]:
+    """`atomic_file` for a writer that makes a whole file itself (`snapshot`): it writes to the
+    hidden temporary name `.temp`, which may be finished in place; after the block the file
+    takes its name as an atomic output does (`.path`), and on any error it is removed."""
+    dest = Path(dest)
+    check_destination(dest, force or numbered)
+    out = PendingOutput(-1, dest, temp_name(dest))
+    try:
+        yield out
+        out.path = publish(out, force, numbered)
+        sync_folder(out.path)
+    finally:
+        if out.temp is not None:
+            out.temp.unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_output(dest: str | os.PathLike, *, force: bool = False) -> Iterator[int]:
     """`atomic_file` for callers that only need the fd."""
     with atomic_file(dest, force=force) as out:

@@ -28,10 +28,12 @@ from vhdtool.format.footer import (
 )
 from vhdtool.format.geometry import chs_for_size
 from vhdtool.format.header import seal_header
-from vhdtool.image import Disk, SparseDisk, open_disk
+from vhdtool.image import Disk, FooterLocation, SparseDisk, open_disk, require_footer
+from vhdtool.output import staged_file
 from vhdtool.units import format_size
 
 SECTOR = 512
+ZERO_BUFFER = 1024 * 1024  # zeros are written from a buffer of this size, whatever the span
 
 
 @dataclass(frozen=True)
@@ -79,29 +81,56 @@ def resize(
 ) -> Resized:
     """Resize the image at `path` in place, or a sparse copy of it at `out`.
 
-    Every refusal is decided on the source first, so a refused resize writes nothing.
+    Every refusal is decided on the source first, so a refused resize writes nothing; a copy
+    is resized before it takes its name, so no half-resized copy is ever under `out`.
     """
     path = Path(path)
     with open_disk(path) as disk:
         old = disk.virtual_size
         new = target_size(old, size, align)
-        if disk.kind == "differencing" and new != old:
-            raise VhdError("a differencing image takes its parent's size: "
-                           "merge it first (vhdtool convert --to fixed)", path)
-        if new < old:
-            refuse_shrink(disk, new, allow_shrink, force)
-    if out is not None:
-        from vhdtool.snapshot import snapshot
+        if new != old:
+            refuse(disk, new, allow_shrink, force)
+    if out is None:
+        if new != old:
+            apply(path, new)
+        return Resized(path, old, new)
+    from vhdtool.snapshot import check_not_source, snapshot
 
-        path = snapshot(path, out, force=force).path
-    if new != old:
-        with open_disk(path) as disk:
-            apply(path, disk, new)
-    return Resized(path, old, new)
+    check_not_source(path, Path(out))
+    with staged_file(out, force=force) as staged:
+        snapshot(path, staged.temp)
+        if new != old:
+            apply(staged.temp, new)
+    return Resized(staged.path, old, new)
 
 
-def apply(path: Path, disk: Disk, new: int) -> None:
-    with open(path, "r+b", buffering=0) as f:
+def refuse(disk: Disk, new: int, allow_shrink: bool, force: bool) -> None:
+    """Raise if `disk` cannot (or, unasked, should not) take the virtual size `new`."""
+    if disk.kind == "differencing":
+        raise VhdError("a differencing image takes its parent's size: "
+                       "merge it first (vhdtool convert --to fixed)", disk.path)
+    if isinstance(disk, SparseDisk):
+        if footer_location(disk).source == "head":
+            # The footer goes back where it was; with only the copy at 0 that is unknown.
+            raise VhdError("has no footer at its end, only the copy at offset 0: rewrite it first "
+                           "(vhdtool convert IMAGE OUT --to dynamic)", disk.path)
+        needed, room = ranges.ceil_div(new, disk.block_size), bat_capacity(disk)
+        if needed > disk.header.max_table_entries and needed > room:
+            raise VhdError(
+                f"the BAT has room for {room} blocks ({format_size(room * disk.block_size)}); "
+                "to grow further convert first: vhdtool convert IMAGE OUT --to fixed",
+                disk.path,
+            )
+    if new < disk.virtual_size:
+        refuse_shrink(disk, new, allow_shrink, force)
+
+
+def footer_location(disk: Disk) -> FooterLocation:
+    return require_footer(disk.fd, disk.file_size, disk.path)
+
+
+def apply(path: Path, new: int) -> None:
+    with open_disk(path) as disk, open(path, "r+b", buffering=0) as f:
         if isinstance(disk, SparseDisk):
             resize_dynamic(f.fileno(), disk, new)
         else:
@@ -133,14 +162,18 @@ def refuse_shrink(disk: Disk, new: int, allow_shrink: bool, force: bool) -> None
 def resize_fixed(fd: int, disk: Disk, new: int) -> None:
     """Footer first at its new place, then the old one removed: a crash in between leaves
     an image that still opens (at the new size when growing, at the old when shrinking)."""
-    old_end = disk.file_size
     os.pwrite(fd, resized_footer(disk.footer, new), new)
     os.fsync(fd)
-    if new > disk.virtual_size:
-        # The old footer now lies inside the disk: it must read as zeros.
-        os.pwrite(fd, bytes(old_end - disk.virtual_size), disk.virtual_size)
-    else:
-        os.ftruncate(fd, new + FOOTER_SIZE)
+    # What followed the old data (its footer, and any extra bytes a producer left before it)
+    # is inside the disk up to `new`, where it must read as zeros, and cut off past the footer.
+    write_zeros(fd, disk.virtual_size, min(new, disk.file_size))
+    os.ftruncate(fd, new + FOOTER_SIZE)
+
+
+def write_zeros(fd: int, start: int, end: int) -> None:
+    zeros = memoryview(bytes(ZERO_BUFFER))
+    for offset in range(start, end, ZERO_BUFFER):
+        os.pwrite(fd, zeros[: min(ZERO_BUFFER, end - offset)], offset)
 
 
 def bat_capacity(disk: SparseDisk) -> int:
@@ -154,21 +187,16 @@ def bat_capacity(disk: SparseDisk) -> int:
 
 
 def resize_dynamic(fd: int, disk: SparseDisk, new: int) -> None:
+    """Widen the BAT into its padding if needed (`refuse` checked the room), then both footers."""
     header = Container(disk.header)
     needed = ranges.ceil_div(new, disk.block_size)
     if needed > header.max_table_entries:
-        room = bat_capacity(disk)
-        if needed > room:
-            raise VhdError(
-                f"the BAT has room for {room} blocks ({format_size(room * disk.block_size)}); "
-                "to grow further convert first: vhdtool convert IMAGE OUT --to fixed",
-                disk.path,
-            )
         old_entries = header.max_table_entries
         # New entries must read unallocated; libvhd pads with 0x00, which would mean "block 0".
         os.pwrite(fd, b"\xff" * 4 * (needed - old_entries), header.table_offset + 4 * old_entries)
         header.max_table_entries = needed
         os.pwrite(fd, seal_header(header), disk.footer.data_offset)
     footer = resized_footer(disk.footer, new)
-    os.pwrite(fd, footer, disk.file_size - FOOTER_SIZE)
+    # In place of the old one: after a 511-byte Virtual PC footer the file grows by a byte.
+    os.pwrite(fd, footer, footer_location(disk).offset)
     os.pwrite(fd, footer, 0)

@@ -58,22 +58,17 @@ class LocalStore(Store):
 
     def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
         from vhdtool.azure.stream import ContentMd5
-        from vhdtool.output import PendingOutput, publish, sync_folder, temp_name
+        from vhdtool.output import staged_file
         from vhdtool.snapshot import snapshot
 
-        dest = self.vhd_dir / name
         self.vhd_dir.mkdir(parents=True, exist_ok=True)
-        staging = temp_name(dest)
         hashing = ContentMd5() if md5 else None  # fed by the copy itself: one pass
-        try:
-            copied = snapshot(source, staging, tap=hashing.add if hashing else None)
+        with staged_file(self.vhd_dir / name, numbered=True) as staged:
+            copied = snapshot(source, staged.temp, tap=hashing.add if hashing else None)
             digest = None
             if hashing is not None:  # a reflink copies no bytes: then the copy is read to hash it
-                digest = file_md5(staging, source.name) if copied.reflinked else b64(hashing.digest(copied.size))
-            final = publish(PendingOutput(-1, dest, staging), force=False, numbered=True)
-            sync_folder(final)
-        finally:
-            staging.unlink(missing_ok=True)
+                digest = file_md5(staged.temp, source.name) if copied.reflinked else b64(hashing.digest(copied.size))
+        final = staged.path
         return StoredDisk(final.name, final.as_uri(), copied.size, digest, snapshot_trail(source, copied))
 
     def resolve(self, source: Any) -> Path:
