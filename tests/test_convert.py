@@ -136,3 +136,25 @@ def test_force_to_a_new_name_and_over_an_old_one(tmp_path):
         assert proc.returncode == 0, proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["o.vhd"]
     assert content(out) == content(FIXTURES / "windows-fixed-10m.vhd")
+
+
+@pytest.mark.parametrize("to", ["fixed", "dynamic"])
+def test_raw_source_of_a_partial_last_sector(tmp_path, to):
+    """A raw image whose length is no multiple of 512: the output's last sector is zero-padded."""
+    src = tmp_path / "odd.raw"
+    data = os.urandom(1000)
+    src.write_bytes(data)
+    out = tmp_path / "out.vhd"
+    proc = vhdtool("convert", str(src), str(out), "--to", to)
+    assert proc.returncode == 0, proc.stderr
+    assert content(out) == data + bytes(24)
+    assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 1024
+
+
+def test_dynamic_output_over_the_vhd_limit_is_refused(tmp_path):
+    src = tmp_path / "huge.raw"
+    with open(src, "wb") as f:
+        f.truncate(2040 * 1024**3 + 512)  # a hole: one sector over 2040 GiB
+    proc = vhdtool("convert", str(src), str(tmp_path / "out.vhd"), "--to", "dynamic")
+    assert proc.returncode == 2 and "a dynamic VHD holds at most" in proc.stderr
+    assert not (tmp_path / "out.vhd").exists()

@@ -12,7 +12,8 @@ from enum import Enum
 from pathlib import Path
 
 from vhdtool import ranges
-from vhdtool.engine import Source, nonzero_data, progress_bar, scan
+from vhdtool.create import validate_size
+from vhdtool.engine import Source, Window
 from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.fixed import FixedImage
 from vhdtool.format.footer import FOOTER_SIZE, DiskType, new_footer
@@ -56,30 +57,25 @@ def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
         raise
 
 
-def sector_size(n: int) -> int:
-    return ranges.round_up(n, SECTOR)
-
-
 def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:
     """Copy `source`'s non-zero runs into a sparse file of its size."""
     with sparse_output(dest, source.virtual_size, force=force) as out:
-        copy_nonzero(source, out, label)
+        copy_nonzero(source, out.put, label)
     return Converted(out.path, source.virtual_size, out.written)
 
 
 def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uuid: bool,
                   force: bool) -> Converted:
     """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
-    if block_size < SECTOR or block_size & (block_size - 1):
-        raise VhdError(f"block size {block_size:,} is not a power of two of at least 512")
+    validate_size(size, DiskType.DYNAMIC, block_size)
     unique_id = disk.footer.unique_id if keep_uuid and disk.footer is not None else None
     footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
-    written = 0
-    with progress_bar(disk, "convert") as progress, atomic_file(dest, force=force) as out:
+    # The disk zero-extended to whole sectors (a raw source's last one may be partial), which
+    # is what the writer's sectors hold: FixedImage's bytes without its footer.
+    padded = Window(FixedImage(disk, size), 0, size)
+    with atomic_file(dest, force=force) as out:
         writer = SparseImageWriter(out.fd, size, block_size=block_size, footer=footer)
-        for offset, data in nonzero_data(scan(disk, progress=progress)):
-            writer.write(offset, data)
-            written += len(data)
+        written = copy_nonzero(padded, writer.write, "convert")
         writer.finish()
     return Converted(out.path, size, written)
 
@@ -90,18 +86,17 @@ def convert(
     to: Format,
     *,
     from_: str | None = None,
-    size: int | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     keep_uuid: bool = False,
     force: bool = False,
 ) -> Converted:
-    """Convert SRC to DEST; `size` (default: the source's, rounded to a sector) may grow it."""
+    """Convert SRC to DEST, at the source's virtual size rounded up to a whole sector."""
     dest = Path(dest)
     disk, _ = open_source(src, from_)
     with disk:
         if dest.exists() and dest.resolve() in {d.path.resolve() for d in disk.chain()}:
             raise VhdError("is the source itself: choose another output", dest)
-        size = sector_size(disk.virtual_size) if size is None else size
+        size = ranges.round_up(disk.virtual_size, SECTOR)
         if to == Format.raw:
             return write_sparse(disk, dest, force=force, label="convert")
         if to == Format.fixed:

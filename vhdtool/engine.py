@@ -50,18 +50,19 @@ class Source(Protocol):
     def readinto(self, offset: int, buf: memoryview) -> None: ...
 
 
-
 class Window:
     """`source` restricted to [start, end) for the engine: same offsets, nothing outside read."""
 
     def __init__(self, source: Source, start: int, end: int):
         self.source, self.start, self.virtual_size = source, start, end
+        self.path = getattr(source, "path", None)  # named in read errors
 
     def allocated(self) -> Iterator[Range]:
         return ranges.clip(self.source.allocated(), self.start, self.virtual_size)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.source.readinto(offset, buf)
+
 
 @dataclass(frozen=True)
 class Chunk:

@@ -27,7 +27,7 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 COPY_UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITEBACK_STEP = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
-Tap = Callable[[int, memoryview], None]  # (offset, bytes) of each non-zero run copied
+RunHandler = Callable[[int, memoryview], None]  # takes (offset, bytes) of a non-zero run
 
 
 @functools.cache
@@ -128,11 +128,15 @@ def sparse_output(
         yield SparseFile(out, size, origin)
 
 
-def copy_nonzero(source: Source, out: SparseFile, label: str, tap: Tap | None = None) -> None:
-    """Put every non-zero run of `source` into `out`, with a progress bar over the scan;
-    `tap` sees each run too, in order (to hash the copy in the same pass)."""
+def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | None = None) -> int:
+    """Hand every non-zero run of `source` to `put` (a SparseFile's, a dynamic writer's), with
+    a progress bar over the scan; `tap` sees each run too, in order (to hash the copy in the
+    same pass). Returns the bytes put."""
+    written = 0
     with progress_bar(source, label) as update:
         for offset, data in nonzero_data(scan(source, progress=update)):
-            out.put(offset, data)
+            put(offset, data)
             if tap is not None:
                 tap(offset, data)
+            written += len(data)
+    return written

@@ -21,7 +21,7 @@ from vhdtool import ranges
 from vhdtool.engine import nonzero_data, scan
 from vhdtool.errors import VhdError
 from vhdtool.image import Disk, FlatDisk, open_disk, require_footer
-from vhdtool.sink import Tap, copy_nonzero, sparse_output
+from vhdtool.sink import RunHandler, copy_nonzero, sparse_output
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def snapshot(
     *,
     verify: bool = False,
     force: bool = False,
-    tap: Tap | None = None,
+    tap: RunHandler | None = None,
 ) -> SnapshotResult:
     """Copy `src` to `dest`, or next to it as <stem>-snapshot-YYYY-MM-DD[-NN].vhd; `tap` sees
     every non-zero run copied, in order (none when the copy is a reflink)."""
@@ -66,7 +66,7 @@ def snapshot(
         with sparse_output(target, source.file_size, force=force, numbered=dest is None, origin=source.fd) as out:
             reflinked = out.reflink()
             if not reflinked:
-                copy_nonzero(source, out, f"snapshot {source.path.name}", tap)
+                copy_nonzero(source, out.put, f"snapshot {source.path.name}", tap)
                 if fingerprint(os.fstat(source.fd)) != before:
                     raise VhdError("was modified while being copied; no snapshot was written", src)
             if verify:  # before the copy gets its name: a copy that fails is never published
