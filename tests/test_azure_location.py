@@ -386,3 +386,16 @@ def test_sas_url_works_on_azurite(azurite) -> None:
     assert blob.get_page_ranges() == ([{"start": 2048, "end": 3071}], [])
     names = [b.name for b in container_client(keyed).list_blobs()]
     assert names == ["s.vhd"]
+
+
+@pytest.mark.parametrize("args", [["check"], ["check", "--json"], ["map"], ["snapshot"], ["convert", "--to", "fixed"]])
+def test_blob_url_given_as_a_file_keeps_its_signature_out(tmp_path, args):
+    """Local-file commands name what they could not open; a SAS signature in it is redacted."""
+    from oracles import vhdtool
+
+    url = "https://acct.blob.core.windows.net/vhds/a.vhd?sv=2024-01-01&sig=TOPSECRETSIG"
+    extra = [str(tmp_path / "out.vhd")] if args[0] == "convert" else []
+    proc = vhdtool(args[0], url, *extra, *args[1:])
+    assert proc.returncode == 2
+    assert "TOPSECRETSIG" not in proc.stdout + proc.stderr
+    assert "sig=REDACTED" in proc.stdout + proc.stderr

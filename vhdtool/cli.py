@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vhdtool.errors import EXIT_UNUSABLE, VhdError
+from vhdtool.redaction import redact
 
 app = typer.Typer(
     name="vhdtool",
@@ -540,7 +541,7 @@ def main() -> None:
         typer.echo("vhdtool: interrupted", err=True)
         sys.exit(130)
     except OSError as exc:
-        name = f"{exc.filename}: " if exc.filename else ""
+        name = f"{redact(str(exc.filename))}: " if exc.filename else ""
         typer.echo(f"vhdtool: error: {name}{exc.strerror or exc}", err=True)
         sys.exit(EXIT_UNUSABLE)
     except Exception as exc:  # click usage errors and the like

@@ -1,5 +1,7 @@
 """The project's own error type and its documented exit codes."""
 
+from vhdtool.redaction import redact
+
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # check found problems
 EXIT_UNUSABLE = 2  # unusable input or usage
@@ -14,9 +16,10 @@ class VhdError(Exception):
     exit_code = EXIT_UNUSABLE
 
     def __init__(self, message: str, path: object | None = None):
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
-        self.detail = message
+        # Redacted here, where every message passes: a path may be a blob URL with its SAS.
+        self.path = None if path is None else redact(str(path))
+        self.detail = redact(message)
+        super().__init__(f"{self.path}: {self.detail}" if self.path else self.detail)
 
 
 class FormatError(VhdError):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from vhdtool.errors import VhdError
+from vhdtool.redaction import redact
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobClient, ContainerClient
@@ -42,25 +43,6 @@ _CONNECTION_KEYS = frozenset(
         " FileSecondaryEndpoint DfsEndpoint DfsSecondaryEndpoint"
     ).split()
 )
-
-_REDACTIONS = (
-    # SAS signature, plain or percent-encoded inside another URL.
-    (re.compile(r"(?i)((?<![a-z_])sig(?:=|%3D))[^&\s'\"<>]+"), r"\1REDACTED"),
-    # Connection-string account key.
-    (re.compile(r"(?i)(\bAccountKey=)[^;\s'\"<>]+"), r"\1REDACTED"),
-    # Key in a credential dict/kwarg repr: account_key='...'.
-    (re.compile(r"(?i)(\baccount_key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;})]+"), r"\1REDACTED"),
-    # Shared Key Authorization header: SharedKey account:signature.
-    (re.compile(r"(\bSharedKey\s+[^:\s]+:)[A-Za-z0-9+/=]+"), r"\1REDACTED"),
-)
-
-
-def redact(text: str) -> str:
-    """Scrub SAS signatures and account keys out of arbitrary text (e.g. SDK error messages)."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
 
 def resolve_connection_string(explicit: str | None = None) -> str:
     """The explicit connection string, else ``$AZURE_STORAGE_CONNECTION_STRING`` (Azure's convention)."""
@@ -112,7 +94,7 @@ def _split_url(url: str) -> tuple[str, str | None, list[str], str | None]:
         raise VhdError(f"blob URL has a '#' fragment (write '#' in names as %23): {shown}")
     sas = parts.query or None
     if sas is not None and "sig" not in parse_qs(sas):
-        raise VhdError(f"blob URL query is not a SAS token (no sig=): {shown}")
+        raise VhdError(f"blob URL query is not a SAS token (it has no sig= parameter): {shown}")
     segments = parts.path.split("/")[1:] if parts.path else []
     base = f"{parts.scheme.lower()}://{parts.netloc}"
     if _is_path_style_host(parts.hostname):

@@ -1,6 +1,6 @@
 """A VHD in a blob, seen from here: its properties and its two ends, or all of it as a source.
 
-`read_blob_ends` is what `info` and `check` need for a blob URL: two ranged GETs (the first
+`read_blob_ends` is what `info` and `image capture`'s check need for a blob URL: two ranged GETs (the first
 sector, then the last 512 bytes, where the footer is) and nothing else, since a GET answers
 with every property and the metadata too. `BlobSource` lets the engine scan a page blob
 (download, upload verification): its page ranges are what is allocated.

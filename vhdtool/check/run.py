@@ -26,11 +26,12 @@ from vhdtool.check.source import (
 )
 from vhdtool.check.target_rules import check_azure, check_interop
 from vhdtool.format.footer import DiskType
+from vhdtool.redaction import redact
 
 
 def run_checks(path: str | os.PathLike, target: Target) -> Report:
     path = Path(path)
-    report = Report(str(path), target)
+    report = Report(redact(str(path)), target)  # a blob URL given as a file keeps its SAS out
     opened = open_for_check(report, path)
     if opened is None:
         return report
