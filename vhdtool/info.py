@@ -41,10 +41,9 @@ def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
 def describe_blob(url: str) -> dict[str, Any]:
     """`info` for a blob URL: its properties and footer, from two ranged GETs (first sector,
     last 512 bytes); the data in between is never read."""
-    import base64
-
     from vhdtool.azure.location import BlobLocation
     from vhdtool.azure.remote import read_blob_ends
+    from vhdtool.digest import b64
 
     location = BlobLocation.from_url(url)
     ends = read_blob_ends(location)
@@ -62,7 +61,7 @@ def describe_blob(url: str) -> dict[str, Any]:
         "virtual_size": footer.current_size,
         "blob_size": info.size,
         "blob_type": info.blob_type,
-        "content_md5": base64.b64encode(info.content_md5).decode() if info.content_md5 else None,
+        "content_md5": b64(info.content_md5),
         "lease_state": info.lease_state,
         "footer": footer_fields(footer),
         "qemu_7_2_virtual_size": qemu_7_2_size(footer),

@@ -18,7 +18,6 @@ Surviving a crash, a kill or a network failure:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
@@ -35,7 +34,7 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.azure.stream import ContentMd5
+from vhdtool.digest import ContentMd5, b64, feed
 from vhdtool.engine import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.fixed import FixedImage
@@ -286,7 +285,7 @@ def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes |
     metadata = identity.metadata(COMPLETE)
     if md5 is not None:
         blob.set_content_md5(md5, lease_id)
-        metadata[MD5_KEY] = base64.b64encode(md5).decode()
+        metadata[MD5_KEY] = b64(md5)
     blob.set_metadata(metadata, lease_id)
 
 
@@ -299,17 +298,14 @@ def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: in
         differ = ranges.total(remote) + ranges.total(local) - 2 * ranges.total(ranges.intersect(remote, local))
         raise VhdError(f"verify failed: the blob's page ranges differ from the image's non-zero runs "
                        f"({differ:,} bytes are in only one of them)", blob.location)
-    content = ContentMd5()
-    for chunk in scan(BlobSource(blob, size, remote), workers=workers):
-        content.add(chunk.offset, chunk.view)
-    got = content.digest(size)
+    got = feed(ContentMd5(), BlobSource(blob, size, remote), "verify", workers).digest(size)
     if got != md5:
-        raise VhdError(f"verify failed: the blob's content has MD5 {base64.b64encode(got).decode()}, "
-                       f"the image {base64.b64encode(md5).decode()}", blob.location)
+        raise VhdError(f"verify failed: the blob's content has MD5 {b64(got)}, "
+                       f"the image {b64(md5)}", blob.location)
     props = blob.properties()
     stored = props.content_settings.content_md5 if props is not None else None
     if stored and bytes(stored) != md5:
-        raise VhdError(f"verify failed: the blob's Content-MD5 {base64.b64encode(bytes(stored)).decode()} "
+        raise VhdError(f"verify failed: the blob's Content-MD5 {b64(stored)} "
                        f"is not the image's", blob.location)
 
 
@@ -332,7 +328,7 @@ def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, option
         finally:
             held.release()
         if md5 is not None and options.md5:
-            result.content_md5 = base64.b64encode(md5).decode()
+            result.content_md5 = b64(md5)
     if runs is not None and md5 is not None:
         verify(blob, image.virtual_size, runs, md5, min(options.workers, VERIFY_READERS))
         result.verified = True

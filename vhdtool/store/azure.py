@@ -31,7 +31,7 @@ from vhdtool.azure.retry import Retrier, TransferError, describe, is_transient
 from vhdtool.errors import VhdError
 from vhdtool.output import MAX_NUMBER
 from vhdtool.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk
-from vhdtool.store.digest import b64, content_md5
+from vhdtool.digest import b64, content_md5
 from vhdtool.store.local import utc_now
 
 if TYPE_CHECKING:

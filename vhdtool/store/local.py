@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vhdtool.errors import VhdError
 from vhdtool.store.base import CopyTrail, DiskEntry, Log, Store, StoredDisk
-from vhdtool.store.digest import b64, content_md5
+from vhdtool.digest import b64, content_md5
 from vhdtool.store.writers import busy_reason, writers
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class LocalStore(Store):
         return (self.vhd_dir / name).exists()
 
     def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
-        from vhdtool.azure.stream import ContentMd5
+        from vhdtool.digest import ContentMd5
         from vhdtool.output import staged_file
         from vhdtool.snapshot import snapshot
 
