@@ -450,6 +450,28 @@ def test_cli_subprocess_errors_are_one_line(tmp_path) -> None:
     ('{not json', r"bad\.json: unreadable record"),
 ])
 def test_malformed_records_are_one_line_errors(text, message, cli, tmp_path) -> None:
+    assert_one_line_errors(text, message, cli, tmp_path)
+
+
+def test_records_with_fields_of_the_wrong_type_are_one_line_errors(cli, tmp_path) -> None:
+    """A hand-edited record: each field the commands read has its JSON type checked first."""
+    store = tmp_path / "good"
+    disks = three_disks(tmp_path)
+    assert cli(*capture_args("bad", disks, store)).code == 0
+    record = json.loads((store / "images" / "bad.json").read_text())
+    for case, (edit, message) in enumerate([
+        (lambda r: r["osDisk"].update(sizeBytes="12"), r"\(disk field 'sizeBytes' is a str\)"),
+        (lambda r: r["osDisk"].update(copy={}), r"\(no copy field 'method'\)"),
+        (lambda r: r.update(dataDisks={}), r"\('dataDisks' is a dict\)"),
+        (lambda r: r["dataDisks"][1].update(lun=True), r"\(no 'lun' of a data disk\)"),
+    ]):
+        edited = json.loads(json.dumps(record))
+        edit(edited)
+        assert_one_line_errors(json.dumps(edited), r"the image record 'bad' is malformed " + message, cli,
+                               tmp_path / f"case{case}")
+
+
+def assert_one_line_errors(text, message, cli, tmp_path) -> None:
     store = tmp_path / "store"
     (store / "images").mkdir(parents=True)
     (store / "images" / "bad.json").write_text(text)

@@ -27,8 +27,13 @@ from vhdtool.vmimage.names import check_name
 SCHEMA_VERSION = 1
 GiB = 1024**3
 FOOTER = 512
-IMAGE_FIELDS = ("name", "osType", "osState", "capturedAt", "capturedVmKey", "store", "osDisk", "dataDisks")
-DISK_FIELDS = ("name", "hostCaching", "sizeBytes", "contentMd5", "location", "copy")
+# What the commands read from a record, with its JSON type (records are plain files that
+# other tools, or hands, may write: a wrong type must be a one-line error, not a crash).
+IMAGE_FIELDS = {"name": str, "osType": str, "osState": str, "capturedAt": str, "capturedVmKey": str,
+                "store": str, "osDisk": dict, "dataDisks": list}
+DISK_FIELDS = {"name": str, "hostCaching": str, "sizeBytes": int, "contentMd5": (str, type(None)),
+               "location": str, "copy": dict}
+COPY_FIELDS = {"method": str, "status": str, "progress": str, "source": str}
 
 
 def disk_metadata(role: str, os_state: str, os_type: str, vm_key: str) -> dict[str, str]:
@@ -138,20 +143,35 @@ def malformed(store: Store, kind: str, record: Any, why: str = "not the expected
     return VhdError(f"the {kind} record {name!r} is malformed ({why}): fix or remove it", store.describe())
 
 
+def wrong_field(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str) -> str | None:
+    """What is missing from `record` or of the wrong JSON type, or None."""
+    for key, kind in fields.items():
+        if key not in record:
+            return f"no {where}{key!r}"
+        value = record[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{where}{key!r} is a {type(value).__name__}"
+    return None
+
+
+def disk_problem(disk: Any, data_disk: bool) -> str | None:
+    if not isinstance(disk, dict):
+        return "a disk is not an object"
+    if data_disk and (not isinstance(disk.get("lun"), int) or isinstance(disk["lun"], bool)):
+        return "no 'lun' of a data disk"
+    return wrong_field(disk, DISK_FIELDS, "disk field ") or wrong_field(disk["copy"], COPY_FIELDS, "copy field ")
+
+
 def checked_image(store: Store, record: Any) -> dict[str, Any]:
-    """The image record, once it has every field the commands read (records are plain files
-    that other tools may write)."""
+    """The image record, once every field the commands read is there with its type."""
     if not isinstance(record, dict):
         raise malformed(store, "image", record)
-    missing = [repr(k) for k in IMAGE_FIELDS if k not in record]
-    if not missing:
-        try:
-            missing = [f"disk field {k!r}" for d in image_disks(record) for k in DISK_FIELDS if k not in d]
-            missing += ["'lun' of a data disk" for d in record["dataDisks"] if not isinstance(d.get("lun"), int)]
-        except (TypeError, AttributeError):
-            raise malformed(store, "image", record) from None
-    if missing:
-        raise malformed(store, "image", record, f"no {missing[0]}")
+    why = wrong_field(record, IMAGE_FIELDS, "")
+    if why is None:
+        problems = (disk_problem(d, data_disk=i > 0) for i, d in enumerate(image_disks(record)))
+        why = next((p for p in problems if p), None)
+    if why:
+        raise malformed(store, "image", record, why)
     return record
 
 
