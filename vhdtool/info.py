@@ -13,9 +13,9 @@ from vhdtool.format.footer import (
     COOKIE,
     CREATORS,
     HOST_OSES,
-    DiskType,
     build_footer,
     creator_text,
+    disk_type_name,
     footer_checksum,
     geometry,
 )
@@ -57,7 +57,7 @@ def describe_blob(url: str) -> dict[str, Any]:
     info = ends.info
     return {
         "path": where,
-        "type": DiskType(footer.disk_type).name.lower() if footer.disk_type in DiskType._value2member_map_ else footer.disk_type,
+        "type": disk_type_name(footer.disk_type) or footer.disk_type,
         "virtual_size": footer.current_size,
         "blob_size": info.size,
         "blob_type": info.blob_type,
@@ -108,7 +108,7 @@ def footer_fields(f: Container) -> dict[str, Any]:
             "sectors_per_track": chs.sectors_per_track,
             "capacity": chs.capacity,
         },
-        "disk_type": DiskType(f.disk_type).name.lower() if f.disk_type in DiskType._value2member_map_ else f.disk_type,
+        "disk_type": disk_type_name(f.disk_type) or f.disk_type,
         "checksum": f"0x{f.checksum:08x}",
         "checksum_valid": footer_checksum(build_footer(f)) == f.checksum,
         "unique_id": str(uuid.UUID(bytes=f.unique_id)),

@@ -115,7 +115,7 @@ def align(ranges: Iterable[Range], unit: int, limit: int) -> Iterator[Range]:
 
     The end of the last range stays at `limit` when `limit` is not a multiple of `unit`.
     """
-    return merge((s // unit * unit, min(-(-e // unit) * unit, limit)) for s, e in clip(ranges, 0, limit))
+    return merge((s // unit * unit, min(round_up(e, unit), limit)) for s, e in clip(ranges, 0, limit))
 
 
 def cut(ranges: Iterable[Range], step: int) -> Iterator[Range]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 LEASE_SECONDS = 60
 RENEW_SECONDS = 15
+RELEASE_WAIT = 5.0  # seconds a release waits for a renewal in flight (it may be retrying)
 POLL_SECONDS = 1.0
 LEASE_KEY = "vhdtool_lease"
 HOLDER_KEY = "vhdtool_holder"
@@ -84,7 +85,7 @@ class Lease:
     def release(self) -> None:
         """Stop renewing and give the lease back (best effort: unreleased, it lapses in 60 s)."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(RELEASE_WAIT)  # a daemon: one stuck retrying must not hold up the exit
         try:
             self.blob.release_lease(self.id)
         except VhdError:

@@ -21,6 +21,7 @@ from vhdtool.azure.retry import (
     describe,
     is_transient,
 )
+from vhdtool.engine import PAGE, PUT_PAGE_MAX
 from vhdtool.errors import VhdError
 from vhdtool.ranges import Range
 
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-PAGE = 512
-PUT_PAGE_MAX = 4 * 1024 * 1024  # Azure's limit per Put Page; Azurite does not enforce it
 # Get Page Ranges is asked per segment: on a large, fragmented blob one unbounded call can
 # time out on the service side (Azure's guidance is to bound the range).
 LIST_SEGMENT = 16 * 1024**3
@@ -154,7 +153,7 @@ class PageBlob:
         return list(ranges.merge(found))
 
     def put(self, offset: int, data: bytes, lease: str | None) -> None:
-        """One Put Page request: 512-aligned, at most 4 MiB."""
+        """One Put Page request: 512-aligned, at most 4 MiB (Azure's limit, which Azurite does not enforce)."""
         if offset % PAGE or len(data) % PAGE or not 0 < len(data) <= PUT_PAGE_MAX:
             raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
         self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data), lease=lease)

@@ -16,7 +16,6 @@ from construct import Container
 
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
-from vhdtool.azure.retry import RetryPolicy
 from vhdtool.errors import VhdError
 from vhdtool.format.footer import FOOTER_SIZE, parse_footer
 from vhdtool.ranges import Range
@@ -75,10 +74,10 @@ class BlobEnds:
         return parse_footer(self.tail) if len(self.tail) == FOOTER_SIZE else None
 
 
-def read_blob_ends(location: BlobLocation, *, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()) -> BlobEnds:
+def read_blob_ends(location: BlobLocation) -> BlobEnds:
     """Properties, first sector and footer of the blob at `location`, in two ranged GETs
     (one GET and the properties for an empty blob, which has no byte to get)."""
-    with PageBlob(location, connections=1, timeout=timeout, retry=retry) as blob:
+    with PageBlob(location, connections=1, timeout=60.0) as blob:
         head, props = blob.get(0, SECTOR)
         if props is None:
             props, size = blob.properties(), 0

@@ -25,7 +25,7 @@ from vhdtool.check.source import (
     open_for_check,
 )
 from vhdtool.check.target_rules import check_azure, check_interop
-from vhdtool.format.footer import DiskType
+from vhdtool.format.footer import DiskType, disk_type_name
 from vhdtool.redaction import redact
 
 
@@ -54,8 +54,7 @@ def check_file(report: Report, path: Path, fd: int, st: os.stat_result, target: 
         return
     vf = VhdFile(path, fd, st, found)
     footer = found.footer
-    known = footer.disk_type in DiskType._value2member_map_
-    report.disk_type = DiskType(footer.disk_type).name.lower() if known else None
+    report.disk_type = disk_type_name(footer.disk_type)
     report.virtual_size = footer.current_size
     check_alignment(report, st.st_size, found)
     check_tail(report, vf)

@@ -32,6 +32,11 @@ class DiskType(IntEnum):
     DIFFERENCING = 4
 
 
+def disk_type_name(value: int) -> str | None:
+    """"fixed", "dynamic"... for a disk type field; None for a value the spec does not define."""
+    return DiskType(value).name.lower() if value in DiskType._value2member_map_ else None
+
+
 Geometry = Struct(
     "cylinders" / Int16ub,
     "heads" / Int8ub,

@@ -15,8 +15,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 OS_TYPES = {"windows": "Windows", "linux": "Linux"}
 OS_STATES = {"generalized": "Generalized", "specialized": "Specialized"}
 CACHING = {"readonly": "ReadOnly", "readwrite": "ReadWrite", "none": "None"}
-OS_CACHING_DEFAULT = "ReadWrite"  # Azure's defaults: ReadWrite for the OS disk, None for data
-DATA_CACHING_DEFAULT = "None"
+DATA_CACHING_DEFAULT = "None"  # Azure's default for data disks; for the OS disk ReadWrite (--os-caching)
 MAX_LUN = 63
 OS_DISK, DATA_DISK = "OSDisk", "DataDisk"  # microsoftazurecompute_imagetype
 
