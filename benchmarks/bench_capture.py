@@ -6,11 +6,12 @@ largest one twice (the disks are copied in parallel). Generates, in a scratch fo
 afterwards, three 4 GiB fixed VHDs, sparse, each with ~5% random data in scattered 1 MiB
 pieces (benchmarks/bench_snapshot.py's images, other seeds). Then runs, interleaved (the
 store and the snapshot removed between runs): `vhdtool snapshot` of one disk, `vhdtool image
-capture` of the three (os + 2 data disks) as is, and with --md5. A local capture sets no
-Content-MD5 by default; --md5 hashes each copy while copying it, every byte of the disk, holes
-included (MD5 is sequential: zeros cannot be skipped), so that run is bound by MD5's speed,
-not the copy's: it is shown for scale, with this machine's hashing rate, not held to the
-target.
+capture` of the three (os + 2 data disks) as is and with --md5, and three parallel `cp
+--sparse=auto` followed by `sync` (the same bytes written and flushed: the disk's floor).
+A local capture sets no Content-MD5 by default; --md5 hashes each copy while copying it,
+every byte of the disk, holes included (MD5 is sequential: zeros cannot be skipped), so that
+run is bound by MD5's speed, not the copy's: it is shown for scale, with this machine's
+hashing rate, not held to the target.
 
 Usage: python benchmarks/bench_capture.py [--size-gib 4] [--repeats 7] [--dir DIR] [--json FILE]
 """
@@ -58,15 +59,20 @@ def main() -> int:
         capture = [*vhdtool, "image", "capture", "bench", "--os-disk", str(disks[0]), "--data-disk",
                    f"0={disks[1]}", "--data-disk", f"1={disks[2]}", "--os-type", "linux", "--os-state",
                    "generalized", "--store", str(store)]
+        cp_copies = [scratch / f"cp{i}.vhd" for i in range(3)]
+        parallel_cp = " & ".join(f'cp --sparse=auto "{d}" "{c}"' for d, c in zip(disks, cp_copies))
         commands = {
             "snapshot (one disk)": [*vhdtool, "snapshot", str(disks[0]), "-o", str(copy)],
             "capture (3 disks)": capture,
             "capture (3 disks) --md5": [*capture, "--md5"],
+            # the same three copies by cp, flushed as vhdtool flushes its own: the disk's floor
+            "3 x cp --sparse=auto + sync": ["sh", "-c", f"{parallel_cp} & wait; sync"],
         }
 
         def clean() -> None:
             shutil.rmtree(store, ignore_errors=True)
-            copy.unlink(missing_ok=True)
+            for path in (copy, *cp_copies):
+                path.unlink(missing_ok=True)
 
         results = interleaved(commands, args.repeats, between=clean)
         print_table(f"{args.repeats} interleaved runs (after one warm-up)", results)
@@ -76,6 +82,9 @@ def main() -> int:
         print(f"  2 x snapshot = {2 * snap:.3f} s; 3 sequential snapshots would be ~{3 * snap:.3f} s")
         print(f"  capture --md5 / (2 x snapshot) = {results['capture (3 disks) --md5'].wall / (2 * snap):.2f}x "
               "(not a target: MD5-bound)")
+        print(f"  capture / (3 x cp --sparse=auto + sync) = "
+              f"{results['capture (3 disks)'].wall / results['3 x cp --sparse=auto + sync'].wall:.2f}x "
+              "(context: the same bytes written and flushed by cp)")
         print("\ntargets")
         met = [
             check("capture / (2 x snapshot of the largest)", results["capture (3 disks)"].wall / (2 * snap), 1.0),

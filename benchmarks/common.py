@@ -15,7 +15,7 @@ from pathlib import Path
 
 import vhdtool
 
-from vhdtool.bench.measure import GNU_TIME, Samples, interleaved, ratio, run_measured  # noqa: F401
+from vhdtool.bench.measure import Samples, interleaved, ratio, run_measured  # noqa: F401
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
