@@ -21,7 +21,8 @@ app = typer.Typer(
     name="vhdtool",
     help=(
         "Validate, convert, snapshot and upload VHD disk images to Azure.\n\n"
-        "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage."
+        "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage, 3 network gave up "
+        "after retries (re-run to resume)."
     ),
     no_args_is_help=True,
     add_completion=False,
