@@ -49,7 +49,7 @@ def install_azurite() -> Path:
         return binary
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError("npm not found on PATH: install Node.js 18+ to run Azurite tests")
+        raise RuntimeError("npm not found on PATH: install Node.js (Azurite declares 22+) to run Azurite tests")
     AZURITE_PREFIX.mkdir(parents=True, exist_ok=True)
     with open(AZURITE_PREFIX / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need (only what is missing), then run them.
-#   Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), python3-libvhdi (pyvhdi)
+#   Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), python3-libvhdi (pyvhdi),
+#           npm (Node.js for Azurite), time (GNU time), python3-venv where python3 is externally managed
 #   PyPI:   vhdtool itself with its [test] extra
 #   npm:    Azurite, pinned, into ./.azurite
 # Extra arguments go to pytest.
@@ -8,10 +9,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Debian 12 keeps its python3 for apt (PEP 668, "externally managed"): there the Python tools
+# go into ./.venv instead, which needs python3-venv.
+stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+use_venv=
+[ -z "${VIRTUAL_ENV:-}" ] && [ -f "$stdlib/EXTERNALLY-MANAGED" ] && use_venv=1
+
 missing=()
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || missing+=(qemu-utils)
 command -v vhdiinfo >/dev/null || missing+=(libvhdi-utils)
 /usr/bin/python3 -c 'import pyvhdi' 2>/dev/null || missing+=(python3-libvhdi)
+command -v npm >/dev/null || missing+=(npm)  # Azurite runs on Node.js
+[ -x /usr/bin/time ] || missing+=(time)  # GNU time: peak memory in the bench tests
+[ -n "$use_venv" ] && ! python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: needs Debian packages ${missing[*]}: run as root or 'sudo apt-get install ${missing[*]}'" >&2
@@ -21,6 +31,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
-python3 tests/azurite.py install >/dev/null
-exec python3 -m pytest -q "$@"
+python=python3
+if [ -n "$use_venv" ]; then
+  [ -x .venv/bin/python3 ] || python3 -m venv .venv
+  python=.venv/bin/python3
+fi
+"$python" -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
+"$python" tests/azurite.py install >/dev/null
+exec "$python" -m pytest -q "$@"
