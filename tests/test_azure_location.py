@@ -20,11 +20,6 @@ from vhdtool.azure.location import (
 )
 from vhdtool.errors import VhdError
 
-try:
-    from tests.azurite import install_azurite, running_azurite
-except ImportError:  # pytest's default rootdir-less import mode puts tests/ itself on sys.path
-    from azurite import install_azurite, running_azurite
-
 # Realistic-looking secrets; each test asserts these exact substrings never leak.
 KEY = "q3V8lL1Yx0bS2mJ7Gk9tE4wZcN6rP5uD8aF1hI3oK7sQ2vX9yB4nM6eT0gR5jW8zC1pL3dH7fA9kU2iO4xY6bV0w=="
 SIG = "Qm9ndXNTaWduYXR1cmVWYWx1ZTEyMzQ1Njc4OTA%3D"
@@ -341,13 +336,6 @@ def test_clients_without_network() -> None:
 
 
 # --- Azurite integration (real HTTP on loopback) ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory):
-    install_azurite()
-    with running_azurite(tmp_path_factory.mktemp("azurite")) as instance:
-        yield instance
 
 
 @pytest.mark.filterwarnings("ignore:get_page_ranges is deprecated:DeprecationWarning")
