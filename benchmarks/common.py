@@ -48,6 +48,15 @@ def check(label: str, value: float, target: float, unit: str = "x", higher_is_be
     return ok
 
 
+def finish(json_path: Path | None) -> int:
+    """End a script: how many targets were met, the --json file, and the exit code (1 when a
+    target was missed)."""
+    met = [c["met"] for c in SHOWN["checks"]]
+    print(f"\n{sum(met)}/{len(met)} targets met")
+    write_json(json_path)
+    return 0 if all(met) else 1
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every table and target shown to FILE as JSON (for run_all.py)")
