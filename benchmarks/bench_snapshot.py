@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import GiB, MiB, add_json_option, byte_compile, check, finish, interleaved, print_table, ratio  # noqa: E402
-from vhdtool.bench.cases import vhdtool  # noqa: E402
-from vhdtool.create import create  # noqa: E402
-from vhdtool.engine import CHUNK, PAGE, nonzero_pages, nonzero_runs, scan  # noqa: E402
-from vhdtool.format.footer import DiskType  # noqa: E402
-from vhdtool.image import open_disk  # noqa: E402
-from vhdtool.snapshot import snapshot  # noqa: E402
+from vhdtool.workflows.bench.cases import vhdtool  # noqa: E402
+from vhdtool.workflows.create import create  # noqa: E402
+from vhdtool.engine.pipeline import CHUNK, PAGE, nonzero_pages, nonzero_runs, scan  # noqa: E402
+from vhdtool.format.vhd.footer import DiskType  # noqa: E402
+from vhdtool.disk.image import open_disk  # noqa: E402
+from vhdtool.workflows.snapshot import snapshot  # noqa: E402
 
 DATA_FRACTION = 0.05
 PIECE = MiB

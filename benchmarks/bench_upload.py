@@ -48,12 +48,12 @@ from common import (  # noqa: E402
     run_measured,
 )
 
-from vhdtool.create import create  # noqa: E402
-from vhdtool.engine import nonzero_runs, scan  # noqa: E402
-from vhdtool.format.footer import DiskType  # noqa: E402
-from vhdtool.image import open_disk  # noqa: E402
+from vhdtool.workflows.create import create  # noqa: E402
+from vhdtool.engine.pipeline import nonzero_runs, scan  # noqa: E402
+from vhdtool.format.vhd.footer import DiskType  # noqa: E402
+from vhdtool.disk.image import open_disk  # noqa: E402
 from vhdtool.ranges import total  # noqa: E402
-from vhdtool.upload import fixed_image  # noqa: E402
+from vhdtool.workflows.upload import fixed_image  # noqa: E402
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -65,7 +65,7 @@ CONTAINER = "bench"
 # CLI's modules are imported so that only the command's own I/O counts.
 IO_PROBE = (
     "import atexit, json, os, sys, runpy\n"
-    "import vhdtool.cli, vhdtool.upload, vhdtool.download, azure.storage.blob\n"
+    "import vhdtool.cli, vhdtool.workflows.upload, vhdtool.workflows.download, azure.storage.blob\n"
     "def io():\n"
     "    return {k: int(v) for k, v in (l.split(': ') for l in open('/proc/self/io').read().splitlines())}\n"
     "start = io()\n"

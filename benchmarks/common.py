@@ -2,7 +2,7 @@
 child process, print medians and ratios against targets.
 
 The measuring itself (interleaving, medians, peak RSS of the command alone, ratios) lives in
-vhdtool.bench.measure, shared with `vhdtool bench`; its names are re-exported here. What
+vhdtool.workflows.bench.measure, shared with `vhdtool bench`; its names are re-exported here. What
 print_table and check show is also kept, for a script's `--json FILE` (benchmarks/run_all.py).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import vhdtool
 
-from vhdtool.bench.measure import Samples, interleaved, ratio, run_measured  # noqa: F401
+from vhdtool.workflows.bench.measure import Samples, interleaved, ratio, run_measured  # noqa: F401
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

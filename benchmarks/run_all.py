@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vhdtool import __version__
-from vhdtool.bench.machine import describe
-from vhdtool.bench.plot import Bar, ratio_chart, require_matplotlib
+from vhdtool.workflows.bench.machine import describe
+from vhdtool.workflows.bench.plot import Bar, ratio_chart, require_matplotlib
 from vhdtool.errors import VhdError
 
 HERE = Path(__file__).resolve().parent

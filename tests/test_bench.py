@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from vhdtool.bench import measure
-from vhdtool.bench.images import pieces, write_images
-from vhdtool.bench.measure import Samples
-from vhdtool.bench.render import table
-from vhdtool.bench.run import BenchOptions, BenchReport, Row
+from vhdtool.workflows.bench import measure
+from vhdtool.workflows.bench.images import pieces, write_images
+from vhdtool.workflows.bench.measure import Samples
+from vhdtool.workflows.bench.render import table
+from vhdtool.workflows.bench.run import BenchOptions, BenchReport, Row
 from vhdtool.errors import VhdError
 
 MiB = 1024 * 1024
@@ -143,7 +143,7 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path) -> None:
 
 def test_ratio_chart_is_a_png(tmp_path) -> None:
     pytest.importorskip("matplotlib")
-    from vhdtool.bench.plot import Bar, ratio_chart
+    from vhdtool.workflows.bench.plot import Bar, ratio_chart
 
     ratio_chart([Bar("a", 0.5, 0.8, True), Bar("b", 2.0, 1.1, False), Bar("c", 1.3)], "t", tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ from test_upload import KINDS, image_bytes, location
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.remote import read_blob_ends
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import COOKIE, DiskType
-from vhdtool.upload import upload
+from vhdtool.format.vhd.footer import COOKIE, DiskType
+from vhdtool.workflows.upload import upload
 
 
 def test_two_ranged_gets_and_nothing_else(azurite, container) -> None:

@@ -17,14 +17,14 @@ import pytest
 import make_corpus
 from conftest import FIXTURES
 from oracles import vhdtool
-from vhdtool.check import Report, Target, check_image
-from vhdtool.check.render import render_text
-from vhdtool.check.target_rules import check_blob_limits
-from vhdtool.create import create
-from vhdtool.format.bat import bat_bytes
-from vhdtool.format.footer import DiskType
-from vhdtool.format.timestamp import now
-from vhdtool.writer import SparseImageWriter
+from vhdtool.workflows.check import Report, Target, check_image
+from vhdtool.workflows.check.render import render_text
+from vhdtool.workflows.check.target_rules import check_blob_limits
+from vhdtool.workflows.create import create
+from vhdtool.format.vhd.bat import bat_bytes
+from vhdtool.format.vhd.footer import DiskType
+from vhdtool.format.vhd.timestamp import now
+from vhdtool.disk.writer import SparseImageWriter
 
 MiB, GiB, TiB = 1024**2, 1024**3, 1024**4
 

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import FIXTURES
-from vhdtool.check import check_image
+from vhdtool.workflows.check import check_image
 from vhdtool.cli import app
 
 G, A, M = "generic", "azure", "azure-managed-disk"
@@ -159,7 +159,7 @@ def test_messages_name_the_numbers(corpus):
 
 
 def test_checksum_message_names_stored_and_computed(corpus):
-    from vhdtool.format.footer import footer_checksum, parse_footer
+    from vhdtool.format.vhd.footer import footer_checksum, parse_footer
 
     raw = (corpus / "fixed-checksum-flipped.vhd").read_bytes()[-512:]
     stored, computed = parse_footer(raw).checksum, footer_checksum(raw)
@@ -191,7 +191,7 @@ def test_no_fix_is_offered_for_a_damaged_image(corpus):
 def test_check_reports_an_error_whenever_the_reader_refuses(corpus):
     """The strict reader stops at the first problem; check must have found one there too."""
     from vhdtool.errors import VhdError
-    from vhdtool.image import open_disk
+    from vhdtool.disk.image import open_disk
 
     refused = []
     for name in sorted(EXPECTED):

@@ -8,7 +8,7 @@ import pytest
 import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
-from vhdtool.image import open_disk
+from vhdtool.disk.image import open_disk
 
 MiB = 1024 * 1024
 VHDS = sorted(FIXTURES.glob("*.vhd"))

@@ -18,10 +18,10 @@ from test_snapshot import allocated, allocation_bound
 from test_upload import KINDS, conn_env, image_bytes, location, scattered_vhd
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.download import DownloadOptions, Partial, download
+from vhdtool.workflows.download import DownloadOptions, Partial, download
 from vhdtool.errors import VhdError
 from vhdtool.ranges import merge
-from vhdtool.upload import UploadOptions, upload
+from vhdtool.workflows.upload import UploadOptions, upload
 
 MiB = 1024 * 1024
 

@@ -11,10 +11,10 @@ import pytest
 
 import make_fixtures
 from conftest import FIXTURES
-from vhdtool import engine
-from vhdtool.engine import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
+from vhdtool.engine import pipeline as engine
+from vhdtool.engine.pipeline import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
 from vhdtool.errors import VhdError
-from vhdtool.image import open_disk
+from vhdtool.disk.image import open_disk
 from vhdtool.ranges import align, cut, merge, total
 
 KiB, MiB = 1024, 1024 * 1024
@@ -111,7 +111,7 @@ def test_holes_are_never_read(tmp_path):
 
 
 def test_dynamic_image_skips_zero_sectors_inside_allocated_blocks(tmp_path):
-    from vhdtool.writer import SparseImageWriter
+    from vhdtool.disk.writer import SparseImageWriter
 
     rng = random.Random(3)
     size = 8 * MiB

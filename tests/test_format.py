@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from vhdtool.format.bat import bitmap_bytes, bitmap_sectors, build_bat, build_bitmap, parse_bat
-from vhdtool.format.footer import build_footer, footer_checksum, parse_footer
-from vhdtool.format.geometry import MAX_CHS_SECTORS, Chs, chs_for_size
-from vhdtool.format.header import build_header, header_checksum, parse_header
-from vhdtool.format.timestamp import from_datetime, to_datetime
+from vhdtool.format.vhd.bat import bitmap_bytes, bitmap_sectors, build_bat, build_bitmap, parse_bat
+from vhdtool.format.vhd.footer import build_footer, footer_checksum, parse_footer
+from vhdtool.format.vhd.geometry import MAX_CHS_SECTORS, Chs, chs_for_size
+from vhdtool.format.vhd.header import build_header, header_checksum, parse_header
+from vhdtool.format.vhd.timestamp import from_datetime, to_datetime
 from conftest import FIXTURES
 
 VHDS = sorted(FIXTURES.glob("*.vhd"))

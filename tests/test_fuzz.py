@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import make_corpus
-from vhdtool.check import CODES, Target, check_image
+from vhdtool.workflows.check import CODES, Target, check_image
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import CHECKSUM_OFFSET, FOOTER_SIZE, Footer, footer_checksum, parse_footer
-from vhdtool.format.header import HEADER_CHECKSUM_OFFSET, HEADER_SIZE, DynamicHeader, header_checksum, parse_header
-from vhdtool.image import open_disk
-from vhdtool.info import describe
-from vhdtool.writer import ParentRef, SparseImageWriter
+from vhdtool.format.vhd.footer import CHECKSUM_OFFSET, FOOTER_SIZE, Footer, footer_checksum, parse_footer
+from vhdtool.format.vhd.header import HEADER_CHECKSUM_OFFSET, HEADER_SIZE, DynamicHeader, header_checksum, parse_header
+from vhdtool.disk.image import open_disk
+from vhdtool.workflows.info import describe
+from vhdtool.disk.writer import ParentRef, SparseImageWriter
 
 EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(

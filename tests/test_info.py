@@ -7,8 +7,8 @@ import pytest
 
 from conftest import FIXTURES
 from oracles import vhdtool
-from vhdtool.create import create
-from vhdtool.info import describe
+from vhdtool.workflows.create import create
+from vhdtool.workflows.info import describe
 
 
 def test_info_json_fields_of_a_qemu_dynamic_image():

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import FIXTURES
 from oracles import qemu_info, qemu_raw, vhdi_info, vhdtool
-from vhdtool.image import open_disk
+from vhdtool.disk.image import open_disk
 
 MiB = 1024 * 1024
 

@@ -18,13 +18,13 @@ import pytest
 from conftest import FIXTURES
 from oracles import vhdtool
 from test_engine import page_runs
-from vhdtool import sink
-from vhdtool.create import create
+from vhdtool.engine import sink
+from vhdtool.workflows.create import create
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import DiskType
-from vhdtool.image import open_disk
+from vhdtool.format.vhd.footer import DiskType
+from vhdtool.disk.image import open_disk
 from vhdtool.ranges import align, total
-from vhdtool.snapshot import compare, default_destination, snapshot
+from vhdtool.workflows.snapshot import compare, default_destination, snapshot
 
 MiB = 1024 * 1024
 VHDS = sorted(FIXTURES.glob("*.vhd"))
@@ -179,8 +179,8 @@ def test_a_source_modified_during_the_copy_leaves_nothing(fixed_with_zeros, tmp_
 
 KILL_RUNNER = """
 import sys, time
-from vhdtool import sink
-from vhdtool.snapshot import snapshot
+from vhdtool.engine import sink
+from vhdtool.workflows.snapshot import snapshot
 real_put = sink.SparseFile.put
 def put_then_hang(self, offset, data):
     real_put(self, offset, data)

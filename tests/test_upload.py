@@ -24,11 +24,11 @@ from faultproxy import FaultProxy, Faults, Request
 from test_engine import page_runs
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.create import create
-from vhdtool.format.footer import DiskType, parse_footer
-from vhdtool.image import open_disk
+from vhdtool.workflows.create import create
+from vhdtool.format.vhd.footer import DiskType, parse_footer
+from vhdtool.disk.image import open_disk
 from vhdtool.ranges import merge
-from vhdtool.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, fixed_image, upload
+from vhdtool.workflows.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, fixed_image, upload
 
 MiB = 1024 * 1024
 KINDS = {

@@ -18,9 +18,9 @@ from conftest import race
 from test_upload import conn_env, scattered_vhd
 from test_vmimage_local import AZURE_KEYS, MiB, dated, md5_b64, three_disks
 from vhdtool.azure.location import BlobLocation, ContainerLocation
-from vhdtool.create import create
-from vhdtool.format.footer import DiskType
-from vhdtool.store.azure import AzureStore
+from vhdtool.workflows.create import create
+from vhdtool.format.vhd.footer import DiskType
+from vhdtool.workflows.store.azure import AzureStore
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import pytest
 from conftest import FIXTURES, race
 from oracles import vhdtool
 from test_upload import scattered_vhd
-from vhdtool.create import create
+from vhdtool.workflows.create import create
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import DiskType
-from vhdtool.store import open_store
-from vhdtool.store.local import LocalStore
-from vhdtool.vmimage.capture import CaptureRequest, capture
-from vhdtool.vmimage.disks import DiskSpec
+from vhdtool.format.vhd.footer import DiskType
+from vhdtool.workflows.store import open_store
+from vhdtool.workflows.store.local import LocalStore
+from vhdtool.workflows.vmimage.capture import CaptureRequest, capture
+from vhdtool.workflows.vmimage.disks import DiskSpec
 
 MiB = 1024 * 1024
 AZURE_KEYS = ("microsoftazurecompute_imagetype", "microsoftazurecompute_osstate",
@@ -485,14 +485,14 @@ def assert_one_line_errors(text, message, cli, tmp_path) -> None:
 def test_copy_in_hashes_what_it_copied(tmp_path, monkeypatch, reflinked) -> None:
     """Content-MD5 of a local copy: from the copy's own pass, or (a reflink copies no bytes
     through vhdtool) by reading the copy; either way the MD5 of every byte, holes included."""
-    import vhdtool.sink
+    import vhdtool.engine.sink
 
     source = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 6)
     if reflinked:  # ext4 has no reflink: stand one in that copies the bytes as FICLONE would
-        def fake_reflink(out: vhdtool.sink.SparseFile) -> bool:
+        def fake_reflink(out: vhdtool.engine.sink.SparseFile) -> bool:
             os.pwrite(out.fd, source.read_bytes(), 0)
             return True
-        monkeypatch.setattr(vhdtool.sink.SparseFile, "reflink", fake_reflink)
+        monkeypatch.setattr(vhdtool.engine.sink.SparseFile, "reflink", fake_reflink)
     stored = LocalStore(tmp_path / "store").copy_in(source, "h-os.vhd", metadata={}, md5=True, log=print)
     assert stored.md5 == md5_b64(source.read_bytes())
     assert stored.trail.method == ("reflink" if reflinked else "sparse-copy")

@@ -59,14 +59,14 @@ def info(
 
     For a blob URL: the blob's properties and footer, read with two ranged GETs."""
     from vhdtool.azure.address import is_blob_url
-    from vhdtool.report import print_info
+    from vhdtool.workflows.report import print_info
 
     if is_blob_url(image):
-        from vhdtool.info import describe_blob
+        from vhdtool.workflows.info import describe_blob
 
         data = describe_blob(image)
     else:
-        from vhdtool.info import describe
+        from vhdtool.workflows.info import describe
 
         data = describe(image, raw=raw)
     emit_json(data) if as_json else print_info(data)
@@ -85,8 +85,8 @@ def create(
     The footer names creator "win " with spec CHS geometry, so every reader (qemu-img 7.2
     included) takes the footer's size as the disk size.
     """
-    from vhdtool.create import create as do_create
-    from vhdtool.format.footer import DiskType
+    from vhdtool.workflows.create import create as do_create
+    from vhdtool.format.vhd.footer import DiskType
 
     kind = DiskType.FIXED if disk_type == CreateType.fixed else DiskType.DYNAMIC
     footer, warnings = do_create(out, size_arg(size), kind, block_size=size_arg(block_size), force=force)
@@ -108,7 +108,7 @@ def resize(
 
     A fixed image grows by a hole; a dynamic one within its BAT's room. The footer keeps
     its UUID."""
-    from vhdtool.resize import resize as do_resize
+    from vhdtool.workflows.resize import resize as do_resize
     from vhdtool.units import format_size
 
     done = do_resize(
@@ -135,7 +135,7 @@ def map_(
 
     Like `qemu-img map`, but zero pages inside allocated blocks do not count as data.
     """
-    from vhdtool.mapping import write_map
+    from vhdtool.workflows.mapping import write_map
 
     write_map(image, sys.stdout, granularity=size_arg(granularity), as_json=as_json)
 
@@ -153,7 +153,7 @@ def snapshot(
     discarded if the source changes meanwhile. Nothing appears under the destination name
     until the copy is complete and on disk.
     """
-    from vhdtool.snapshot import snapshot as take
+    from vhdtool.workflows.snapshot import snapshot as take
     from vhdtool.units import format_size
 
     done = take(src, out, verify=verify, force=force)
@@ -186,8 +186,8 @@ def convert(
 
     A differencing chain is resolved through its parents; sector bitmaps are honoured.
     """
-    from vhdtool.convert import Format
-    from vhdtool.convert import convert as do_convert
+    from vhdtool.workflows.convert import Format
+    from vhdtool.workflows.convert import convert as do_convert
     from vhdtool.units import format_size
 
     done = do_convert(
@@ -208,8 +208,8 @@ def check(
 
     Every problem, why, and the vhdtool command that fixes it. Exit 0 no errors, 1 errors,
     2 not a usable VHD."""
-    from vhdtool.check import Target, check_image
-    from vhdtool.check.render import render_text
+    from vhdtool.workflows.check import Target, check_image
+    from vhdtool.workflows.check.render import render_text
 
     try:
         chosen = Target(target)
@@ -234,9 +234,9 @@ def prepare(
     Fixed, a whole number of MiB, a fresh valid footer, written in one pass. A source that
     already passes is left alone (with -o: copied). Exit code as check's: 0 passes, 1 errors
     remain, 2 unusable input."""
-    from vhdtool.check import Target
-    from vhdtool.check.render import render_text
-    from vhdtool.prepare import prepare as do_prepare
+    from vhdtool.workflows.check import Target
+    from vhdtool.workflows.check.render import render_text
+    from vhdtool.workflows.prepare import prepare as do_prepare
     from vhdtool.units import format_size
 
     if target not in (Target.AZURE.value, Target.AZURE_MANAGED_DISK.value):
@@ -283,8 +283,8 @@ def upload(
     """
     from vhdtool.azure.address import blob_from_args
     from vhdtool.units import format_size
-    from vhdtool.upload import UploadOptions
-    from vhdtool.upload import upload as do_upload
+    from vhdtool.workflows.upload import UploadOptions
+    from vhdtool.workflows.upload import upload as do_upload
 
     location = blob_from_args(dest, container, name, connection_string)
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
@@ -323,8 +323,8 @@ def download(
     3 interrupted by network or service failures (run again to resume).
     """
     from vhdtool.azure.address import blob_from_args, is_blob_url
-    from vhdtool.download import DownloadOptions
-    from vhdtool.download import download as do_download
+    from vhdtool.workflows.download import DownloadOptions
+    from vhdtool.workflows.download import download as do_download
     from vhdtool.units import format_size
 
     if src is not None and not is_blob_url(src) and dest is None and output is None:
@@ -361,13 +361,13 @@ def bench(
     """
     import tempfile
 
-    from vhdtool.bench.render import as_json as report_json
-    from vhdtool.bench.render import ratio_bars, table
-    from vhdtool.bench.run import BenchOptions
-    from vhdtool.bench.run import bench as run_bench
+    from vhdtool.workflows.bench.render import as_json as report_json
+    from vhdtool.workflows.bench.render import ratio_bars, table
+    from vhdtool.workflows.bench.run import BenchOptions
+    from vhdtool.workflows.bench.run import bench as run_bench
 
     if plot is not None:
-        from vhdtool.bench.plot import require_matplotlib
+        from vhdtool.workflows.bench.plot import require_matplotlib
 
         require_matplotlib("--plot")
         if not plot.parent.is_dir():
@@ -375,7 +375,7 @@ def bench(
     report = run_bench(BenchOptions(size_arg(size), data, runs, folder or Path(tempfile.gettempdir()), blob))
     emit_json(report_json(report)) if as_json else typer.echo("\n".join(table(report)))
     if plot is not None:
-        from vhdtool.bench.plot import ratio_chart
+        from vhdtool.workflows.bench.plot import ratio_chart
 
         bars = ratio_bars(report)
         if not bars:
@@ -403,7 +403,7 @@ StoreContainerOpt = Annotated[Optional[str], typer.Option("--container", help="A
 
 
 def image_store(store: Optional[str], container: Optional[str], connection_string: Optional[str]) -> Any:
-    from vhdtool.store import open_store
+    from vhdtool.workflows.store import open_store
 
     return open_store(store, container=container, connection_string=connection_string)
 
@@ -431,10 +431,10 @@ def image_capture(
     taken; .vhd in a local store), and the image record is written. A generalized disk in use
     (leased blob, file open for writing) is refused. Nothing is left behind on failure.
     """
-    from vhdtool.vmimage.capture import CaptureRequest, capture
-    from vhdtool.vmimage.disks import DiskSpec, parse_data_disk
-    from vhdtool.vmimage.names import CACHING, choice
-    from vhdtool.vmimage.render import image_lines
+    from vhdtool.workflows.vmimage.capture import CaptureRequest, capture
+    from vhdtool.workflows.vmimage.disks import DiskSpec, parse_data_disk
+    from vhdtool.workflows.vmimage.names import CACHING, choice
+    from vhdtool.workflows.vmimage.render import image_lines
 
     request = CaptureRequest(
         name, DiskSpec(None, os_disk, choice(os_caching, CACHING, "--os-caching")),
@@ -452,8 +452,8 @@ def image_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the images in the store."""
-    from vhdtool.vmimage.catalog import list_images
-    from vhdtool.vmimage.render import list_lines
+    from vhdtool.workflows.vmimage.catalog import list_images
+    from vhdtool.workflows.vmimage.render import list_lines
 
     rows = list_images(image_store(store, container, connection_string))
     emit_json(rows) if as_json else typer.echo("\n".join(list_lines(rows)))
@@ -468,8 +468,8 @@ def image_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show an image: OS, state, capture time, and every disk with its copy trail."""
-    from vhdtool.vmimage.records import load_image
-    from vhdtool.vmimage.render import image_lines
+    from vhdtool.workflows.vmimage.records import load_image
+    from vhdtool.workflows.vmimage.render import image_lines
 
     record = load_image(image_store(store, container, connection_string), name)
     emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
@@ -489,8 +489,8 @@ def image_deploy(
     The copies are VM-os.vhd and VM-datadisk-LUN.vhd (never the image's own VHDs, never an
     existing VHD); the record is shaped like Azure's storage profile (createOption FromImage).
     """
-    from vhdtool.vmimage.deploy import deploy
-    from vhdtool.vmimage.render import vm_lines
+    from vhdtool.workflows.vmimage.deploy import deploy
+    from vhdtool.workflows.vmimage.render import vm_lines
 
     record = deploy(image_store(store, container, connection_string), name, vm, log=note)
     emit_json(record) if as_json else typer.echo("\n".join(vm_lines(record)))
@@ -509,8 +509,8 @@ def image_delete(
 
     The VHDs left behind are listed: they are still stored (and billed) until deleted.
     """
-    from vhdtool.vmimage.catalog import delete_image
-    from vhdtool.vmimage.render import delete_lines
+    from vhdtool.workflows.vmimage.catalog import delete_image
+    from vhdtool.workflows.vmimage.render import delete_lines
 
     result = delete_image(image_store(store, container, connection_string), name, delete_disks)
     emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
@@ -524,8 +524,8 @@ def image_orphans(
     as_json: JsonOpt = False,
 ) -> None:
     """List the VHDs in the store that no image or VM record refers to, with their sizes."""
-    from vhdtool.vmimage.catalog import orphans
-    from vhdtool.vmimage.render import orphan_lines
+    from vhdtool.workflows.vmimage.catalog import orphans
+    from vhdtool.workflows.vmimage.render import orphan_lines
 
     found = orphans(image_store(store, container, connection_string))
     emit_json([e.to_dict() for e in found]) if as_json else typer.echo("\n".join(orphan_lines(found)))

@@ -21,7 +21,7 @@ from vhdtool.azure.retry import (
     describe,
     is_transient,
 )
-from vhdtool.engine import PAGE, PUT_PAGE_MAX
+from vhdtool.engine.pipeline import PAGE, PUT_PAGE_MAX
 from vhdtool.errors import VhdError
 from vhdtool.ranges import Range
 

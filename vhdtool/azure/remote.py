@@ -17,7 +17,7 @@ from construct import Container
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.errors import VhdError
-from vhdtool.format.footer import FOOTER_SIZE, parse_footer
+from vhdtool.format.vhd.footer import FOOTER_SIZE, parse_footer
 from vhdtool.ranges import Range
 
 if TYPE_CHECKING:

@@ -1,0 +1,220 @@
+"""The sparse page-range engine: the non-zero runs of a source, without ever reading a hole.
+
+One implementation for every command that moves image data (snapshot, map, convert, upload):
+
+1. allocation: `source.allocated()` (SEEK_DATA/SEEK_HOLE for files, BAT and sector bitmaps
+   for dynamic and differencing images) decides what is read at all;
+2. zero detection: allocated data is read chunk by chunk into a fixed pool of reused buffers
+   (readinto a preallocated uint64 array, no copies) and numpy OR-reduces each page
+   (`granularity` bytes, default 512, Azure's page size); all-zero pages are dropped;
+3. range math (vhdtool.ranges): pages merged into runs, runs cut into bounded pieces.
+
+Reading and scanning run on a few threads (os.preadv and numpy release the GIL) while the
+consumer writes or sends; chunks come back in disk order. Memory is the buffer pool,
+2 * workers + 1 chunks (4 MiB each by default), whatever the size of the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from vhdtool import ranges
+from vhdtool.errors import VhdError
+from vhdtool.ranges import Range
+
+PAGE = 512  # Azure page size: the default zero-detection granularity
+PUT_PAGE_MAX = 4 * 1024 * 1024  # largest Azure Put Page request
+CHUNK = 4 * 1024 * 1024  # read unit
+MAX_WORKERS = 4  # two threads already saturate memory bandwidth on a cached read
+
+
+class Source(Protocol):
+    """What the engine reads: any `vhdtool.disk.image.Disk` (a plain file is `open_disk(path, raw=True)`).
+
+    `readinto` must be safe to call from several threads at once (positional reads only).
+    """
+
+    virtual_size: int
+
+    def allocated(self) -> Iterable[Range]: ...
+
+    def readinto(self, offset: int, buf: memoryview) -> None: ...
+
+
+class Window:
+    """`source` restricted to [start, end) for the engine: same offsets, nothing outside read."""
+
+    def __init__(self, source: Source, start: int, end: int):
+        self.source, self.start, self.virtual_size = source, start, end
+        self.path = getattr(source, "path", None)  # named in read errors
+
+    def allocated(self) -> Iterator[Range]:
+        return ranges.clip(self.source.allocated(), self.start, self.virtual_size)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.source.readinto(offset, buf)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One read unit: its bytes and the non-zero runs among them (absolute offsets).
+
+    `view` is a reused buffer: it is valid only until the next chunk is requested.
+    """
+
+    offset: int
+    view: memoryview
+    runs: list[Range]
+
+    def data(self, run: Range) -> memoryview:
+        return self.view[run[0] - self.offset : run[1] - self.offset]
+
+
+class _Buffer:
+    """A reusable chunk buffer: uint64 words (for the scan), their bytes (for readinto), and
+    scratch for the per-page OR."""
+
+    def __init__(self, size: int, granularity: int):
+        self.words = np.empty(size // 8, dtype=np.uint64)
+        self.bytes = memoryview(self.words).cast("B")
+        self.page_or = np.empty(size // granularity, dtype=np.uint64)
+
+
+def check_granularity(granularity: int) -> None:
+    if granularity <= 0 or granularity % PAGE:
+        raise VhdError(f"granularity {granularity:,} is not a positive multiple of {PAGE} bytes")
+
+
+def default_workers() -> int:
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def read_plan(source: Source, granularity: int, chunk_size: int) -> Iterator[Range]:
+    """What gets read: allocated ranges widened to whole pages, cut at the chunk grid
+    (so no page straddles two chunks)."""
+    pages = ranges.align(source.allocated(), granularity, source.virtual_size)
+    return ranges.cut(pages, chunk_size)
+
+
+def scanned_bytes(source: Source, granularity: int = PAGE) -> int:
+    """How many bytes `scan` will read (the total of a progress bar)."""
+    return ranges.total(ranges.align(source.allocated(), granularity, source.virtual_size))
+
+
+def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.ndarray:
+    """Per page of `granularity` bytes, whether any of its words is non-zero.
+
+    Cheap answers come first: a chunk starting with a zero word is likely all zeros, which
+    one vectorised max settles; a page whose first word is non-zero is data, so a chunk of
+    data is settled by one word per page. Only mixed chunks pay for the full per-page OR
+    (`out` is its scratch).
+    """
+    pages = words.reshape(-1, granularity // 8)
+    if words[0] == 0 and words.max() == 0:
+        return np.zeros(len(pages), dtype=bool)
+    first = pages[:, 0] != 0
+    if first.all():
+        return first
+    return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+
+
+def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
+    length = end - start
+    padded = ranges.round_up(length, granularity)
+    view = buf.bytes[:length]
+    try:
+        source.readinto(start, view)
+    except OSError as exc:
+        raise VhdError(f"cannot read {length:,} bytes at offset {start:,}: {exc.strerror or exc}",
+                       getattr(source, "path", None)) from None
+    buf.bytes[length:padded] = bytes(padded - length)  # past the source's end reads as zero
+    flags = nonzero_pages(buf.words[: padded // 8], granularity, buf.page_or)
+    runs = list(ranges.clip(ranges.true_runs(flags, granularity, start), start, end))
+    return Chunk(start, view, runs)
+
+
+def scan(
+    source: Source,
+    *,
+    granularity: int = PAGE,
+    chunk_size: int = CHUNK,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Chunk]:
+    """The allocated data of `source`, chunk by chunk in disk order, with its non-zero runs.
+
+    Chunks are read and scanned ahead on `workers` threads; `progress` is called with each
+    chunk's length once the consumer is done with it.
+    """
+    check_granularity(granularity)
+    chunk_size = ranges.round_up(chunk_size, granularity)
+    workers = workers or default_workers()
+    plan = read_plan(source, granularity, chunk_size)
+    free = [_Buffer(chunk_size, granularity) for _ in range(2 * workers + 1)]
+    pending: deque[tuple[_Buffer, Future[Chunk]]] = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-scan")
+
+    def refill() -> None:
+        while free:
+            piece = next(plan, None)
+            if piece is None:
+                return
+            buf = free.pop()
+            pending.append((buf, pool.submit(_scan_chunk, source, buf, *piece, granularity)))
+
+    try:
+        refill()
+        while pending:
+            buf, future = pending.popleft()
+            chunk = future.result()
+            yield chunk
+            if progress is not None:
+                progress(len(chunk.view))
+            free.append(buf)
+            refill()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def nonzero_runs(chunks: Iterable[Chunk], max_length: int | None = None) -> Iterator[Range]:
+    """Ranges only (for `map`): the runs merged across chunks, cut at `max_length` multiples."""
+    runs = ranges.merge(run for chunk in chunks for run in chunk.runs)
+    return ranges.cut(runs, max_length) if max_length else runs
+
+
+def nonzero_data(
+    chunks: Iterable[Chunk], max_length: int = PUT_PAGE_MAX
+) -> Iterator[tuple[int, memoryview]]:
+    """(offset, bytes) of every non-zero run, cut at `max_length` multiples (for sinks).
+
+    Each view points into a reused buffer: use it before asking for the next item.
+    """
+    for chunk in chunks:
+        for run in ranges.cut(chunk.runs, max_length):
+            yield run[0], chunk.data(run)
+
+
+@contextmanager
+def progress_bar(source: Source, label: str, granularity: int = PAGE) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar over the bytes `scan` reads, with rate, on stderr when it is a terminal.
+
+    Yields the update callable for `scan(progress=...)`, or None without a terminal (then
+    neither tqdm is imported nor the total counted).
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    total = scanned_bytes(source, granularity)
+    with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
+        yield bar.update

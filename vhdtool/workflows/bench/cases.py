@@ -1,0 +1,75 @@
+"""What `vhdtool bench` measures: on each image, each operation done by vhdtool and by the
+peers found on PATH that do the same job, as command lines.
+
+Peers: `cp` (plain, as most people copy, and --sparse=always, which also punches zero pages)
+and `qemu-img` (map, a raw copy, conversion to a fixed VHD). A peer missing from PATH is
+reported as missing; vhdtool is still measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhdtool.workflows.bench.images import Image
+
+PEERS = ("cp", "qemu-img")
+OURS = "vhdtool"
+# Run as a child by the "scan" case: the engine's pass over the whole virtual disk, which
+# every command pays first (allocation, reads, zero detection), without any output.
+SCAN = "import sys; from vhdtool.workflows.bench.cases import scan_image; scan_image(sys.argv[1])"
+
+
+@dataclass(frozen=True)
+class Case:
+    image: Image
+    operation: str
+    commands: dict[str, list[str]]  # "vhdtool" first, then each available peer's
+    missing: dict[str, str] = field(default_factory=dict)  # peer tool -> program not on PATH
+    output: Path | None = None  # removed after every run
+
+
+def find_peers() -> dict[str, str | None]:
+    """Each peer program's path on PATH, None when absent."""
+    return {program: shutil.which(program) for program in PEERS}
+
+
+def vhdtool(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vhdtool.cli", *args]
+
+
+def scan_image(path: str) -> None:
+    """Read and zero-scan every allocated byte of the virtual disk at `path`."""
+    from vhdtool.engine.pipeline import scan
+    from vhdtool.disk.image import open_disk
+
+    with open_disk(path) as disk:
+        for _ in scan(disk):
+            pass
+
+
+def image_cases(image: Image, out: Path, peers: dict[str, str | None], blob: str | None = None) -> list[Case]:
+    """Every case on `image`; outputs go to `out`, an upload to `blob` when given."""
+    src, dst = str(image.path), str(out)
+    table: list[tuple[str, list[str], dict[str, tuple[str, list[str]]], Path | None]] = [
+        ("scan", [sys.executable, "-c", SCAN, src], {}, None),
+        ("map", vhdtool("map", src, "--json"),
+         {"qemu-img map": ("qemu-img", ["map", "--output=json", "-f", "vpc", src])}, None),
+        ("snapshot", vhdtool("snapshot", src, "-o", dst),
+         {"cp": ("cp", [src, dst]),
+          "cp --sparse=always": ("cp", ["--sparse=always", src, dst]),
+          "qemu-img convert raw": ("qemu-img", ["convert", "-f", "raw", "-O", "raw", src, dst])}, out),
+        ("convert --to fixed", vhdtool("convert", src, dst, "--to", "fixed"),
+         {"qemu-img convert fixed": ("qemu-img", ["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=fixed",
+                                                  src, dst])}, out),
+    ]
+    if blob is not None:
+        table.append(("upload", vhdtool("upload", src, blob, "--overwrite", "--no-resume"), {}, None))
+    cases = []
+    for operation, ours, others, output in table:
+        found = {tool: [peers[program], *args] for tool, (program, args) in others.items() if peers[program]}
+        missing = {tool: program for tool, (program, _) in others.items() if not peers[program]}
+        cases.append(Case(image, operation, {OURS: ours} | found, missing, output))
+    return cases

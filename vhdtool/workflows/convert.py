@@ -1,0 +1,106 @@
+"""`vhdtool convert`: any image to fixed, dynamic or raw, writing only non-zero data.
+
+One pass through the engine: allocated data is read once, zero pages are dropped, and what
+is left goes to a sparse output (fixed, raw) or into the blocks of a dynamic writer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from vhdtool import ranges
+from vhdtool.workflows.create import validate_size
+from vhdtool.engine.pipeline import Source, Window
+from vhdtool.errors import NotVhdError, VhdError
+from vhdtool.disk.fixed import FixedImage
+from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
+from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
+from vhdtool.disk.image import Disk, open_disk
+from vhdtool.engine.output import atomic_file
+from vhdtool.engine.sink import copy_nonzero, sparse_output
+from vhdtool.disk.writer import SparseImageWriter
+
+SECTOR = 512
+RAW_SUFFIXES = (".raw", ".img")
+
+
+class Format(str, Enum):
+    fixed = "fixed"
+    dynamic = "dynamic"
+    raw = "raw"
+
+
+@dataclass(frozen=True)
+class Converted:
+    path: Path
+    virtual_size: int
+    data_bytes: int  # non-zero bytes written
+
+
+def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
+    """Open SRC as a VHD or a raw image; returns the disk and the rule that decided.
+
+    Raw only when asked (`--from raw`) or when the file has no VHD footer and its name ends
+    in .raw or .img: a damaged VHD must never be taken for raw data.
+    """
+    path = Path(path)
+    if given == "raw":
+        return open_disk(path, raw=True), "read as raw (--from raw)"
+    try:
+        return open_disk(path), "read as VHD"
+    except NotVhdError:
+        if given is None and path.suffix.lower() in RAW_SUFFIXES:
+            return open_disk(path, raw=True), f"read as raw (no VHD footer, name ends in {path.suffix})"
+        raise
+
+
+def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:
+    """Copy `source`'s non-zero runs into a sparse file of its size."""
+    with sparse_output(dest, source.virtual_size, force=force) as out:
+        copy_nonzero(source, out.put, label)
+    return Converted(out.path, source.virtual_size, out.written)
+
+
+def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uuid: bool,
+                  force: bool) -> Converted:
+    """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
+    validate_size(size, DiskType.DYNAMIC, block_size)
+    unique_id = disk.footer.unique_id if keep_uuid and disk.footer is not None else None
+    footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
+    # The disk zero-extended to whole sectors (a raw source's last one may be partial), which
+    # is what the writer's sectors hold: FixedImage's bytes without its footer.
+    padded = Window(FixedImage(disk, size), 0, size)
+    with atomic_file(dest, force=force) as out:
+        writer = SparseImageWriter(out.fd, size, block_size=block_size, footer=footer)
+        written = copy_nonzero(padded, writer.write, "convert")
+        writer.finish()
+    return Converted(out.path, size, written)
+
+
+def convert(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    to: Format,
+    *,
+    from_: str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    keep_uuid: bool = False,
+    force: bool = False,
+) -> Converted:
+    """Convert SRC to DEST, at the source's virtual size rounded up to a whole sector."""
+    dest = Path(dest)
+    disk, _ = open_source(src, from_)
+    with disk:
+        if dest.exists() and dest.resolve() in {d.path.resolve() for d in disk.chain()}:
+            raise VhdError("is the source itself: choose another output", dest)
+        size = ranges.round_up(disk.virtual_size, SECTOR)
+        if to == Format.raw:
+            return write_sparse(disk, dest, force=force, label="convert")
+        if to == Format.fixed:
+            fixed = FixedImage(disk, size, keep_uuid=keep_uuid)
+            done = write_sparse(fixed, dest, force=force, label="convert")
+            return Converted(done.path, size, done.data_bytes)
+        return write_dynamic(disk, dest, size, block_size=block_size, keep_uuid=keep_uuid, force=force)

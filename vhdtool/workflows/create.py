@@ -1,0 +1,55 @@
+"""`vhdtool create`: a new, empty fixed (sparse) or dynamic VHD."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from construct import Container
+
+from vhdtool.errors import VhdError
+from vhdtool.format.vhd.footer import DiskType, new_footer, seal_footer
+from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
+from vhdtool.disk.image import MAX_VHD_SIZE
+from vhdtool.engine.output import atomic_output
+from vhdtool.units import format_size
+from vhdtool.disk.writer import SparseImageWriter
+
+SECTOR = 512
+
+
+def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:
+    """Refuse sizes no reader can take; return warnings for sizes some readers refuse."""
+    if size <= 0 or size % SECTOR:
+        raise VhdError(f"size {size:,} is not a positive multiple of 512 bytes")
+    if disk_type == DiskType.DYNAMIC:
+        if block_size < SECTOR or block_size & (block_size - 1):
+            raise VhdError(f"block size {block_size:,} is not a power of two of at least 512")
+        if size > MAX_VHD_SIZE:
+            raise VhdError(f"a dynamic VHD holds at most {format_size(MAX_VHD_SIZE)} (QEMU, Hyper-V)")
+    warnings = []
+    if size > MAX_VHD_SIZE:
+        warnings.append(f"sizes above {format_size(MAX_VHD_SIZE)} are refused by QEMU and Hyper-V")
+    if size % (1024 * 1024):
+        warnings.append("size is not a whole number of MiB: Azure will refuse it as a disk")
+    return warnings
+
+
+def create(
+    out: str | os.PathLike,
+    size: int,
+    disk_type: DiskType = DiskType.FIXED,
+    *,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    force: bool = False,
+) -> tuple[Container, list[str]]:
+    """Write an empty image; a fixed one is sparse (only the footer is written)."""
+    warnings = validate_size(size, disk_type, block_size)
+    with atomic_output(Path(out), force=force) as fd:
+        if disk_type == DiskType.FIXED:
+            footer = new_footer(size, DiskType.FIXED)
+            os.ftruncate(fd, size)
+            os.pwrite(fd, seal_footer(footer), size)
+        else:
+            footer = SparseImageWriter(fd, size, block_size=block_size).finish()
+    return footer, warnings

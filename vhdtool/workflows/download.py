@@ -1,0 +1,192 @@
+"""`vhdtool download`: a page blob into a sparse local file, fetching only its page ranges.
+
+The engine scans the blob as a source (its page ranges are what is allocated, reads are
+ranged GETs on N threads); zero pages inside ranges are not written either, so the file
+allocates only the data. The MD5 of the whole content is computed on the way (gaps hashed
+as zeros) and checked against the blob's Content-MD5 when it has one.
+
+Atomic and resumable: the data goes to ".NAME.vhdtool-partial" beside DEST and its progress
+to ".NAME.vhdtool-partial.json" (account, container and blob names, the blob's ETag and length, and
+the offset below which everything is written and fsynced). DEST appears only once complete
+and checked. A re-run continues from that offset if the blob is unchanged (same ETag), and
+starts again otherwise; every read is conditional on that ETag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhdtool.azure.location import BlobLocation
+from vhdtool.azure.pageblob import PageBlob
+from vhdtool.azure.remote import BlobInfo, BlobSource
+from vhdtool.azure.retry import RetryPolicy, TransferError
+from vhdtool.engine.digest import ContentMd5, b64, feed
+from vhdtool.engine.pipeline import Window, nonzero_data, progress_bar, scan
+from vhdtool.errors import VhdError
+from vhdtool.disk.image import open_disk
+from vhdtool.engine.output import (
+    TEMP_SUFFIX,
+    PendingOutput,
+    check_destination,
+    publish,
+    sync_folder,
+)
+from vhdtool.engine.sink import SparseFile
+
+MAX_READERS = 8  # the engine holds 2n + 1 read buffers of 4 MiB: memory stays under ~150 MiB
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    workers: int = 4  # parallel ranged GETs, at most MAX_READERS
+    force: bool = False  # replace an existing DEST
+    checkpoint: int = 64 * 1024 * 1024  # fsync and record progress every this many bytes
+    timeout: float = 120.0
+    retry: RetryPolicy = RetryPolicy()
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    blob: str  # redacted URL
+    size: int
+    fetched_bytes: int = 0  # page-range bytes read from the blob by this run
+    written_bytes: int = 0  # non-zero bytes written to the file by this run
+    resumed_from: int = 0  # offset this run started from
+    md5_checked: bool = False
+    retries: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Where an unfinished download lives, and which blob version it is a copy of."""
+
+    data: Path
+    state: Path
+    identity: dict[str, object]
+
+    @classmethod
+    def beside(cls, dest: Path, location: BlobLocation, info: BlobInfo) -> Partial:
+        stem = dest.with_name(f".{dest.name}{TEMP_SUFFIX}")
+        # The blob by name, not by URL: a re-run may reach it another way (SAS URL, connection
+        # string); the ETag changes with every write to it.
+        identity = {"account": location.account_name, "container": location.container, "blob": location.name,
+                    "etag": info.etag, "size": info.size}
+        return cls(stem, stem.with_name(stem.name + ".json"), identity)
+
+    def resumable_offset(self) -> int:
+        """How much of the partial file is done, if it is a copy of this very blob version."""
+        try:
+            saved = json.loads(self.state.read_text())
+            done = int(saved.pop("done"))
+            size = self.data.stat().st_size
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return 0
+        return done if saved == self.identity and size == self.identity["size"] else 0
+
+    def record(self, done: int) -> None:
+        """Remember that [0, done) is durable (the caller fsynced the data first)."""
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp.write_text(json.dumps(self.identity | {"done": done}))
+        os.replace(tmp, self.state)
+
+    def discard(self) -> None:
+        self.data.unlink(missing_ok=True)
+        self.state.unlink(missing_ok=True)
+
+
+def blob_info(blob: PageBlob) -> BlobInfo:
+    props = blob.properties()
+    if props is None:
+        raise VhdError("no such blob", blob.location)
+    info = BlobInfo.from_properties(props, props.size)
+    if not info.is_page_blob:
+        raise VhdError(f"is a {info.blob_type}, not a page blob (a VHD disk is a page blob)", blob.location)
+    return info
+
+
+def rehash(md5: ContentMd5, path: Path, done: int) -> None:
+    """Feed the MD5 with what an earlier run already wrote (holes are zeros, not read)."""
+    with open_disk(path, raw=True) as written:
+        feed(md5, Window(written, 0, done), "md5 of the part already downloaded")
+
+
+def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, start: int,
+          md5: ContentMd5 | None, options: DownloadOptions, result: DownloadResult) -> None:
+    """Read the blob's page ranges from `start` on into `out`, checkpointing as it goes."""
+    source = Window(BlobSource(blob, info.size, blob.page_ranges(info.size), info.etag), start, info.size)
+    checkpoint = start
+    with progress_bar(source, "download") as progress:
+        for chunk in scan(source, workers=min(options.workers, MAX_READERS), progress=progress):
+            if md5 is not None:
+                md5.add(chunk.offset, chunk.view)
+            result.fetched_bytes += len(chunk.view)
+            for offset, data in nonzero_data([chunk]):
+                out.put(offset, data)
+            end = chunk.offset + len(chunk.view)
+            if end - checkpoint >= options.checkpoint:
+                os.fsync(out.out.fd)
+                partial.record(end)
+                checkpoint = end
+    result.written_bytes = out.written
+
+
+def check_md5(digest: bytes, info: BlobInfo, partial: Partial, location: BlobLocation) -> None:
+    """Compare with the blob's Content-MD5; a mismatch keeps nothing."""
+    if digest != info.content_md5:
+        partial.discard()
+        raise VhdError(f"downloaded content has MD5 {b64(digest)} but the blob's "
+                       f"Content-MD5 is {b64(info.content_md5)}: nothing kept", location)
+
+
+def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadResult:
+    """Fetch into the partial file (resuming it if it is a copy of this blob version), check,
+    then give it DEST's name."""
+    info = blob_info(blob)
+    partial = Partial.beside(dest, blob.location, info)
+    start = partial.resumable_offset()
+    if start:
+        options.log(f"resuming the download from offset {start:,}")
+    result = DownloadResult(dest, str(blob.location), info.size, resumed_from=start)
+    fd = os.open(partial.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if start else os.O_TRUNC), 0o644)
+    try:
+        partial.record(start)
+        out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
+        # MD5 hashes every byte, holes too (0.8 GB/s): only worth it when there is one to match.
+        md5 = ContentMd5() if info.content_md5 is not None else None
+        if md5 is not None and start:
+            rehash(md5, partial.data, start)
+        fetch(blob, info, out, partial, start, md5, options, result)
+        if md5 is not None:
+            check_md5(md5.digest(info.size), info, partial, blob.location)
+        result.md5_checked = md5 is not None
+        os.fsync(fd)
+        result.path = publish(out.out, options.force, numbered=False)
+        sync_folder(result.path)
+        partial.state.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+    return result
+
+
+def download(location: BlobLocation, dest: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> DownloadResult:
+    """Download the page blob at `location` to DEST (see the module docstring)."""
+    started = time.monotonic()
+    dest = Path(dest)
+    check_destination(dest, options.force)
+    with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
+        try:
+            result = transfer(blob, dest, options)
+        except TransferError as exc:
+            raise TransferError(f"download interrupted: {exc.detail}; run the same command again to resume",
+                                exc.path) from None
+        result.retries = blob.retries
+    result.seconds = time.monotonic() - started
+    return result
