@@ -13,7 +13,8 @@ inside the disk; what does not add up is reported in `problems`, never raised.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from vhdtool.errors import VhdError
@@ -25,7 +26,7 @@ SECTOR = 512
 # hostile, not a table (util-linux libfdisk also refuses absurd entry counts).
 MAX_ENTRY_ARRAY = 1024 * 1024
 MAX_ENTRY_SIZE = 4096  # 128 * 2**n, at most a 4 KiB block in any real table
-MAX_LOGICAL = 128  # logical partitions followed down an EBR chain (the kernel stops at 256 ids)
+MAX_LOGICAL = 128  # EBRs followed down the chain (the kernel stops at 256 partition ids)
 
 V1, V2 = "V1", "V2"  # az --hyper-v-generation values
 WINDOWS, LINUX = "windows", "linux"
@@ -78,18 +79,32 @@ class Layout:
     sector_size: int
     partitions: tuple[Partition, ...] = ()
     problems: tuple[str, ...] = ()
-    generations: tuple[str, ...] = field(init=False)  # that can boot it, preferred first
-    generation: str | None = field(init=False)
-    os_hint: str | None = field(init=False)
-    reasons: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        gens, why_boot = boot_generations(self)
-        os_hint, why_os = os_from_types(self.partitions)
-        object.__setattr__(self, "generations", gens)
-        object.__setattr__(self, "generation", gens[0] if gens else None)
-        object.__setattr__(self, "os_hint", os_hint)
-        object.__setattr__(self, "reasons", (why_boot, why_os))
+    @cached_property
+    def _boot(self) -> tuple[tuple[str, ...], str]:
+        return boot_generations(self)
+
+    @cached_property
+    def _os(self) -> tuple[str | None, str]:
+        return os_from_types(self.partitions)
+
+    @property
+    def generations(self) -> tuple[str, ...]:
+        """The Hyper-V generations that can boot the disk, preferred first."""
+        return self._boot[0]
+
+    @property
+    def generation(self) -> str | None:
+        return self.generations[0] if self.generations else None
+
+    @property
+    def os_hint(self) -> str | None:
+        return self._os[0]
+
+    @property
+    def reasons(self) -> tuple[str, str]:
+        """Why the generation, why the OS hint."""
+        return self._boot[1], self._os[1]
 
 
 class Reader:
@@ -161,7 +176,7 @@ def logical_partitions(reader: Reader, extended_lba: int, sector: int, problems:
     EBR), its second the next EBR (relative to the extended partition's start)."""
     found: list[Partition] = []
     ebr_lba, seen = extended_lba, set()
-    while len(found) < MAX_LOGICAL:
+    for _ in range(MAX_LOGICAL):  # EBRs, not partitions: an empty EBR still costs a read
         if ebr_lba in seen:
             problems.append(f"the extended boot record chain loops back to sector {ebr_lba:,}")
             return found
@@ -176,7 +191,7 @@ def logical_partitions(reader: Reader, extended_lba: int, sector: int, problems:
         if following.os_type not in mbr.EXTENDED or following.size_in_lba == 0:
             return found
         ebr_lba = extended_lba + following.starting_lba
-    problems.append(f"more than {MAX_LOGICAL} logical partitions: the rest are not read")
+    problems.append(f"more than {MAX_LOGICAL} extended boot records: the rest are not read")
     return found
 
 
