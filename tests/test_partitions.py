@@ -9,6 +9,7 @@ import zlib
 import pytest
 
 import make_partition_fixtures
+from oracles import run
 from vhdtool.disk.image import open_disk
 from vhdtool.disk.partitions import (
     MAX_ENTRY_ARRAY,
@@ -250,3 +251,14 @@ def test_garbage_never_raises(images):
             layout = read_layout(MemDisk(data[: rng.choice([511, 600, 4096, len(data)])], sector))
             assert json.loads(json.dumps(to_dict(layout)))["scheme"] in ("mbr", "gpt", None)
             assert render_lines(layout) and len(generation_findings(layout)) == 1
+
+
+@pytest.mark.parametrize("name", ["gpt-esp-windows", "mbr-linux"])
+def test_dynamic_vhd_reads_the_same(images, name, tmp_path):
+    """Through the dynamic reader (BAT, bitmaps) the table is the one sfdisk/sgdisk wrote."""
+    out = tmp_path / "dynamic.vhd"
+    run("qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
+        str(images[name].with_suffix(".img")), str(out))
+    with open_disk(out) as disk:
+        assert disk.kind == "dynamic"
+        assert read_layout(disk) == layout_of(images[name])

@@ -8,6 +8,7 @@ import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
 from vhdtool.disk.image import open_disk
+from vhdtool.workflows.prepare import prepare
 from vhdtool.format.vhd.footer import FOOTER_SIZE, OUR_CREATOR, DiskType, new_footer, parse_footer, seal_footer
 
 MiB = 1024 * 1024
@@ -145,6 +146,9 @@ def test_passing_image_qemu_sizes_by_chs_gets_our_footer(tmp_path, creator):
 def test_fixture_qemu_sizes_by_chs_gets_our_footer(tmp_path):
     src, out = FIXTURES / "azure-wa-fixed-4m.vhd", tmp_path / "wa.vhd"
     assert qemu_info(src)["virtual-size"] == 4_177_920
+    assert prepare(src, tmp_path / "api.vhd").note == (
+        "qemu-img 7.2 read 4,177,920 bytes from the old footer's geometry, other readers 4,194,304: "
+        "a fresh footer makes them agree")
     assert vhdtool("prepare", str(src), "-o", str(out)).returncode == 0
     assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 4 * MiB
     assert out.read_bytes()[:-FOOTER_SIZE] == src.read_bytes()[:-FOOTER_SIZE]

@@ -38,6 +38,7 @@ class Prepared:
     old_size: int
     new_size: int
     report: Report  # the check of what the user should upload
+    note: str | None = None  # why an image that already passed was written anew
 
 
 def prepared_size(size: int, target: Target) -> int:
@@ -45,9 +46,12 @@ def prepared_size(size: int, target: Target) -> int:
     return max(ranges.round_up(size, MiB), LIMITS[target].min_mib * MiB)
 
 
-def readers_disagree(disk: Disk) -> bool:
-    """qemu-img 7.2 would read a different size from this footer than the footer states."""
-    return disk.footer is not None and qemu_7_2_size(disk.footer) != disk.footer.current_size
+def readers_disagree(disk: Disk) -> str | None:
+    """Why readers would see different sizes in this footer (qemu-img 7.2 reading its CHS), or None."""
+    if disk.footer is None or qemu_7_2_size(disk.footer) == disk.footer.current_size:
+        return None
+    return (f"qemu-img 7.2 read {qemu_7_2_size(disk.footer):,} bytes from the old footer's geometry, "
+            f"other readers {disk.footer.current_size:,}: a fresh footer makes them agree")
 
 
 def default_output(src: Path) -> Path:
@@ -79,7 +83,7 @@ def prepare(
         size = prepared_size(disk.virtual_size, target)
         before = None if disk.kind == "raw" else check_image(src, target)
         rewrite = readers_disagree(disk)
-        if before is not None and before.exit_code == 0 and not rewrite:
+        if before is not None and before.exit_code == 0 and rewrite is None:
             if dest is None:
                 return Prepared(rule, before, None, disk.virtual_size, disk.virtual_size, before)
             from vhdtool.workflows.snapshot import snapshot
@@ -87,7 +91,7 @@ def prepare(
             out = snapshot(src, dest, force=force).path
         else:
             refuse_damaged(src, before)
-            fixed = FixedImage(disk, size, fresh_footer=rewrite)
+            fixed = FixedImage(disk, size, fresh_footer=rewrite is not None)
             out = write_sparse(fixed, Path(dest) if dest else default_output(src), force=force,
                                label="prepare").path
-    return Prepared(rule, before, out, disk.virtual_size, size, check_image(out, target))
+    return Prepared(rule, before, out, disk.virtual_size, size, check_image(out, target), rewrite)
