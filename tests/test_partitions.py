@@ -11,6 +11,7 @@ import pytest
 import make_partition_fixtures
 from oracles import run
 from vhdtool.disk.image import open_disk
+from vhdtool.errors import VhdError
 from vhdtool.disk.partitions import (
     MAX_ENTRY_ARRAY,
     MAX_LOGICAL,
@@ -262,3 +263,18 @@ def test_dynamic_vhd_reads_the_same(images, name, tmp_path):
     with open_disk(out) as disk:
         assert disk.kind == "dynamic"
         assert read_layout(disk) == layout_of(images[name])
+
+
+def test_a_read_the_disk_refuses_is_a_problem_not_a_traceback(images):
+    class Damaged(MemDisk):
+        def read(self, offset, length):
+            if offset >= 1024:  # e.g. a dynamic image whose block holding the entries is truncated
+                raise VhdError("block 0 is truncated", "d.vhd")
+            return super().read(offset, length)
+
+    layout = read_layout(Damaged(images["gpt-esp-windows"].with_suffix(".img").read_bytes()))
+    assert layout.scheme is None and layout.generation is None
+    assert layout.problems[-1] == ("GPT with 4096-byte sectors: cannot read 4,096 bytes at offset 4,096: "
+                                   "block 0 is truncated")
+    assert ("GPT with 512-byte sectors: cannot read 16,384 bytes at offset 1,024: block 0 is truncated"
+            in layout.problems)
