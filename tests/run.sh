@@ -20,6 +20,8 @@ command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || missing+=(qem
 command -v vhdiinfo >/dev/null || missing+=(libvhdi-utils)
 /usr/bin/python3 -c 'import pyvhdi' 2>/dev/null || missing+=(python3-libvhdi)
 command -v npm >/dev/null || missing+=(npm)  # Azurite runs on Node.js
+[ -x /usr/sbin/sfdisk ] && [ -x /usr/sbin/fdisk ] || missing+=(fdisk)  # partition fixtures
+[ -x /usr/sbin/sgdisk ] || missing+=(gdisk)  # partition fixtures
 [ -x /usr/bin/time ] || missing+=(time)  # GNU time: peak memory in the bench tests
 [ -n "$use_venv" ] && ! python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)
 if ((${#missing[@]})); then

@@ -8,6 +8,8 @@ import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
 from vhdtool.disk.image import open_disk
+from vhdtool.workflows.prepare import prepare
+from vhdtool.format.vhd.footer import FOOTER_SIZE, OUR_CREATOR, DiskType, new_footer, parse_footer, seal_footer
 
 MiB = 1024 * 1024
 VHDS = sorted(FIXTURES.glob("*.vhd"))
@@ -51,8 +53,8 @@ def test_every_fixture_prepares_to_a_passing_image(tmp_path, src):
     assert code == 0 and report["counts"]["error"] == 0, report
     size = report["virtual_size"]
     assert size % MiB == 0 and vhdi_info(out)["virtual_size"] == size
-    # Azure's own "wa" image already passes and is copied as is; qemu 7.2 reads it by CHS.
-    assert qemu_info(out)["virtual-size"] == (4_177_920 if src.name.startswith("azure-wa") else size)
+    # Every reader agrees, Azure's own "wa" image included (qemu 7.2 read its footer by CHS).
+    assert qemu_info(out)["virtual-size"] == size
     expected = make_fixtures.chain_expected().get(src.name) or content(src)
     got = vhdi_read([out])
     assert got[: len(expected)] == expected and not any(got[len(expected) :])
@@ -113,3 +115,54 @@ def test_damage_the_reader_tolerates_is_refused_not_converted(tmp_path, name, co
     proc = vhdtool("prepare", str(corpus / name), "-o", str(out))
     assert proc.returncode == 2 and "cannot be prepared: " in proc.stderr and f"[{code}]" in proc.stderr
     assert not out.exists() and "Traceback" not in proc.stderr
+
+
+def fixed_vhd(path, data: bytes, creator: bytes):
+    """A fixed VHD as another tool writes it: spec CHS geometry, its own creator code."""
+    footer = new_footer(len(data), DiskType.FIXED)
+    footer.creator_application = creator
+    path.write_bytes(data + seal_footer(footer))
+
+
+@pytest.mark.parametrize("creator", [b"vbox", b"vpc "])
+def test_passing_image_qemu_sizes_by_chs_gets_our_footer(tmp_path, creator):
+    """Issue 16 item 5: the image passes, but qemu-img 7.2 reads 5,222,400 bytes (CHS 150/4/17)."""
+    src, out = tmp_path / "other.vhd", tmp_path / "other-azure.vhd"
+    data = bytes(range(256)) * (5 * MiB // 256)
+    fixed_vhd(src, data, creator)
+    code, report = check_json(src)
+    assert code == 0 and "qemu.chs-size" in {f["code"] for f in report["findings"]}
+    assert qemu_info(src)["virtual-size"] == 5_222_400
+    proc = vhdtool("prepare", str(src))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nothing written" not in proc.stdout
+    assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 5 * MiB
+    raw = out.read_bytes()
+    assert raw[:-FOOTER_SIZE] == data and parse_footer(raw[-FOOTER_SIZE:]).creator_application == OUR_CREATOR
+    code, report = check_json(out)
+    assert code == 0 and not report["findings"], report
+
+
+def test_fixture_qemu_sizes_by_chs_gets_our_footer(tmp_path):
+    src, out = FIXTURES / "azure-wa-fixed-4m.vhd", tmp_path / "wa.vhd"
+    assert qemu_info(src)["virtual-size"] == 4_177_920
+    assert prepare(src, tmp_path / "api.vhd").note == (
+        "qemu-img 7.2 read 4,177,920 bytes from the old footer's geometry, other readers 4,194,304: "
+        "a fresh footer makes them agree")
+    assert vhdtool("prepare", str(src), "-o", str(out)).returncode == 0
+    assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 4 * MiB
+    assert out.read_bytes()[:-FOOTER_SIZE] == src.read_bytes()[:-FOOTER_SIZE]
+
+
+def test_image_smaller_than_the_minimum_is_rounded_up(tmp_path):
+    """Issue 16 item 5: check says azure.too-small; prepare rounds up instead of refusing."""
+    src, out = tmp_path / "small.vhd", tmp_path / "small-azure.vhd"
+    data = b"\x5a" * 4096 + bytes(512 * 1024 - 4096)
+    fixed_vhd(src, data, OUR_CREATOR)
+    code, report = check_json(src)
+    assert code == 1 and "azure.too-small" in {f["code"] for f in report["findings"]}
+    proc = vhdtool("prepare", str(src))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.stat().st_size == MiB + FOOTER_SIZE
+    assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == MiB
+    assert content(out) == data + bytes(MiB - len(data)) and check_json(out)[0] == 0

@@ -25,7 +25,10 @@ SECTOR = 512
 
 
 class FixedImage:
-    """Bytes [0, size) are the disk's data (zeros past its end), then the 512-byte footer."""
+    """Bytes [0, size) are the disk's data (zeros past its end), then the 512-byte footer.
+
+    A fixed disk kept at its size keeps its own footer unless `fresh_footer` (prepare, when
+    readers size that footer differently: see `qemu_7_2_size`)."""
 
     kind = "fixed"
 
@@ -36,19 +39,21 @@ class FixedImage:
         *,
         keep_uuid: bool = False,
         timestamp: int | None = None,
+        fresh_footer: bool = False,
     ):
         self.disk = disk
         self.data_size = disk.virtual_size if size is None else size
         if self.data_size < disk.virtual_size or self.data_size % SECTOR:
             raise VhdError(f"cannot represent a {disk.virtual_size:,}-byte disk as "
                            f"{self.data_size:,} bytes", disk.path)
-        self.footer_bytes = self._footer(keep_uuid, timestamp)
+        self.footer_bytes = self._footer(keep_uuid, timestamp, fresh_footer)
         self.virtual_size = self.data_size + FOOTER_SIZE  # the engine's "source size"
         self.path = disk.path
 
-    def _footer(self, keep_uuid: bool, timestamp: int | None) -> bytes:
+    def _footer(self, keep_uuid: bool, timestamp: int | None, fresh: bool) -> bytes:
         src = self.disk.footer
-        if src is not None and self.disk.kind == "fixed" and self.data_size == self.disk.virtual_size:
+        same = src is not None and self.disk.kind == "fixed" and self.data_size == self.disk.virtual_size
+        if same and not fresh:
             return build_footer(src)  # already what Azure wants: the file's own footer, unchanged
         footer = new_footer(
             self.data_size,

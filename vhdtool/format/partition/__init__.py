@@ -1,0 +1,1 @@
+"""Pure partition-table structures (MBR, GPT): bytes in, objects out. Little-endian throughout."""
