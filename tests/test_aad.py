@@ -273,6 +273,16 @@ def test_conflicting_access_refused(url: str, access: Access, words: str) -> Non
     assert SIG not in str(err.value)
 
 
+def test_bearer_tokens_are_redacted() -> None:
+    from vhdtool.redaction import redact
+
+    token = jwt()
+    assert redact(f"Authorization: Bearer {token}\nnext") == "Authorization: Bearer REDACTED\nnext"
+    prose = "Bearer token authentication is not permitted for non-TLS protected (non-https) URLs."
+    assert redact(prose) == prose
+    assert token not in str(VhdError(f"refused: 'Authorization': 'Bearer {token}'"))
+
+
 def test_unknown_auth_mode(cli) -> None:
     done = cli("download", "--auth", "magic", "https://acct.blob.core.windows.net/vhds/a.vhd", "x.vhd")
     assert done.code == 2 and "--auth: 'magic' is not one of auto, login, anonymous" in done.err

@@ -60,7 +60,7 @@ def size_arg(text: str) -> int:
 
 @app.command()
 def info(
-    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL with a SAS token.")],
+    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL (with a SAS token, or signed in: see --auth).")],
     raw: Annotated[bool, typer.Option("--raw", help="Treat IMAGE as a raw disk image.")] = False,
     as_json: JsonOpt = False,
     auth: AuthOpt = "auto",
@@ -274,7 +274,7 @@ def note(message: str) -> None:
 @app.command()
 def upload(
     src: Annotated[Path, typer.Argument(help="VHD to upload: fixed, dynamic or differencing (read only).")],
-    dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token, or without one to sign in with Azure AD (or use --container/--name).")] = None,
     container: ContainerOpt = None,
     name: NameOpt = None,
     connection_string: ConnOpt = None,
@@ -320,7 +320,7 @@ def upload(
 
 @app.command()
 def download(
-    src: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    src: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token, or without one to sign in with Azure AD (or use --container/--name).")] = None,
     dest: Annotated[Optional[Path], typer.Argument(help="Local file to write (sparse, atomic).")] = None,
     container: ContainerOpt = None,
     name: NameOpt = None,
@@ -413,7 +413,7 @@ image_app = typer.Typer(
 )
 app.add_typer(image_app)
 
-StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Local store folder, or Azure container URL with a SAS token (default: $VHDTOOL_STORE, else ~/.local/share/vhdtool/store).")]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Local store folder, or Azure container URL (with a SAS token, or signed in: see --auth) (default: $VHDTOOL_STORE, else ~/.local/share/vhdtool/store).")]
 StoreContainerOpt = Annotated[Optional[str], typer.Option("--container", help="Azure store: the container, with --connection-string or $AZURE_STORAGE_CONNECTION_STRING.")]
 
 
