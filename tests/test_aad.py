@@ -167,7 +167,10 @@ def test_library_upload_and_download_with_a_token_credential(oauth_azurite, oaut
     assert oauth_container.get_blob_client("lib.vhd").download_blob().readall() == FIXED.read_bytes()
     back = download(location, tmp_path / "back.vhd", DownloadOptions(workers=2))
     assert back.path.read_bytes() == FIXED.read_bytes()
-    assert token.calls >= 1  # and Azurite refuses anonymous writes: the token did the work
+    assert token.calls >= 1
+    anonymous = BlobLocation.from_url(blob_url(oauth_azurite, oauth_container, "anon.vhd"), Access("anonymous"))
+    with pytest.raises(VhdError):  # so the token is what let the upload in
+        upload(FIXED, anonymous, UploadOptions(workers=2))
 
 
 def test_library_wrong_token_is_one_line_exit_2(oauth_azurite, oauth_container) -> None:
