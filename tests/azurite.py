@@ -3,6 +3,9 @@
 Tests talk real HTTP to a throwaway Azurite blob service on loopback, so the page-blob code is
 exercised against the same REST surface as Azure without network access or an account.
 Run ``python tests/azurite.py install`` to install it ahead of the tests (idempotent).
+With ``oauth=True`` it serves HTTPS with a certificate made for the run and accepts Azure AD
+bearer tokens (``--oauth basic``: Azurite decodes the JWT and checks iss, aud, nbf, exp and
+iat, not its signature; see Azurite's BlobTokenAuthenticator).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import ipaddress
 import os
 import shutil
 import signal
@@ -20,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 AZURITE_VERSION = "3.37.0"
@@ -75,6 +80,7 @@ class Azurite:
     account_name: str
     account_key: str
     connection_string: str
+    ca_file: str | None = None  # HTTPS: the CA that signed Azurite's certificate (REQUESTS_CA_BUNDLE)
 
 
 def _free_port() -> int:
@@ -106,13 +112,48 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def make_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signs for 127.0.0.1 and localhost:
+    (CA file, certificate file, key file). A CA rather than one self-signed leaf, because
+    OpenSSL trusts a bundle entry as an anchor only when it is a CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.now(timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def build(subject: str, public: object, ca: bool) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("vhdtool test CA"))
+                .public_key(public).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+
+    ca = build("vhdtool test CA", ca_key.public_key(), True).sign(ca_key, hashes.SHA256())
+    server = (build("127.0.0.1", key.public_key(), False)
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                          x509.DNSName("localhost")]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    files = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
 @contextlib.contextmanager
-def running_azurite(tmpdir: str | os.PathLike[str]) -> Iterator[Azurite]:
+def running_azurite(tmpdir: str | os.PathLike[str], *, oauth: bool = False) -> Iterator[Azurite]:
     """Run an in-memory Azurite blob service on a free loopback port for the ``with`` body.
 
     Data lives in memory (``--inMemoryPersistence``) so startup and teardown are fast; Azurite
     3.37 refuses ``--location`` together with it, so ``tmpdir`` is its working directory instead
     (its default workspace). The process is always stopped on exit, even if the body raises.
+    With `oauth`: HTTPS (certificate files made in `tmpdir`) and ``--oauth basic``.
     """
     binary = azurite_bin()
     if not binary.exists():
@@ -121,6 +162,11 @@ def running_azurite(tmpdir: str | os.PathLike[str]) -> Iterator[Azurite]:
     cmd = [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port),
            "--inMemoryPersistence", "--silent",
            "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
+    ca_file, scheme = None, "http"
+    if oauth:
+        ca, cert, key = make_certificate(Path(tmpdir))
+        cmd += ["--cert", str(cert), "--key", str(key), "--oauth", "basic"]
+        ca_file, scheme = str(ca), "https"
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=tmpdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -135,16 +181,17 @@ def running_azurite(tmpdir: str | os.PathLike[str]) -> Iterator[Azurite]:
                              else f"did not listen within {STARTUP_TIMEOUT:.0f} s")
                     raise RuntimeError(f"Azurite on 127.0.0.1:{port} {state}; output:\n{output}")
                 time.sleep(0.05)
-            endpoint = f"http://127.0.0.1:{port}/{ACCOUNT_NAME}"
+            endpoint = f"{scheme}://127.0.0.1:{port}/{ACCOUNT_NAME}"
             yield Azurite(
                 port=port,
                 blob_endpoint=endpoint,
                 account_name=ACCOUNT_NAME,
                 account_key=ACCOUNT_KEY,
                 connection_string=(
-                    f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};"
+                    f"DefaultEndpointsProtocol={scheme};AccountName={ACCOUNT_NAME};"
                     f"AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
                 ),
+                ca_file=ca_file,
             )
         finally:
             _stop(proc)

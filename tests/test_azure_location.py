@@ -10,6 +10,7 @@ import pytest
 
 from vhdtool.azure.location import (
     CONNECTION_STRING_ENV,
+    Access,
     DEV_ACCOUNT_KEY,
     BlobLocation,
     ContainerLocation,
@@ -159,7 +160,7 @@ def test_azure_connection_string() -> None:
 
 def test_connection_string_protocol_suffix_and_case() -> None:
     conn = f"accountname=acct;ACCOUNTKEY={KEY};DefaultEndpointsProtocol=HTTP;EndpointSuffix=core.chinacloudapi.cn;"
-    loc = ContainerLocation.from_connection_string(conn, "vhds")
+    loc = ContainerLocation.from_connection_string(conn, "vhds", Access(allow_http=True))  # http: see test_aad
     assert loc.account_url == "http://acct.blob.core.chinacloudapi.cn"
     assert loc.account_key == KEY
 

@@ -31,6 +31,15 @@ app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+AuthOpt = Annotated[str, typer.Option("--auth", help="Azure: auto (the SAS or key given, else Azure AD sign-in for an https URL), login (Azure AD: environment service principal, managed identity or `az login`), anonymous (public container).")]
+AllowHttpOpt = Annotated[bool, typer.Option("--allow-http", help="Azure: allow a SAS, key or token to go over plain http to a host that is not loopback.")]
+
+
+def access(auth: str, allow_http: bool) -> Any:
+    """The Azure access options of a command (--auth, --allow-http)."""
+    from vhdtool.azure.location import Access
+
+    return Access(auth, allow_http)
 
 
 class CreateType(str, Enum):
@@ -51,9 +60,11 @@ def size_arg(text: str) -> int:
 
 @app.command()
 def info(
-    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL with a SAS token.")],
+    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL (with a SAS token, or signed in: see --auth).")],
     raw: Annotated[bool, typer.Option("--raw", help="Treat IMAGE as a raw disk image.")] = False,
     as_json: JsonOpt = False,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
 ) -> None:
     """Show every footer and header field, sizes, allocation and the parent chain.
 
@@ -64,7 +75,7 @@ def info(
     if is_blob_url(image):
         from vhdtool.workflows.info import describe_blob
 
-        data = describe_blob(image)
+        data = describe_blob(image, access(auth, allow_http))
     else:
         from vhdtool.workflows.info import describe
 
@@ -263,7 +274,7 @@ def note(message: str) -> None:
 @app.command()
 def upload(
     src: Annotated[Path, typer.Argument(help="VHD to upload: fixed, dynamic or differencing (read only).")],
-    dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token, or without one to sign in with Azure AD (or use --container/--name).")] = None,
     container: ContainerOpt = None,
     name: NameOpt = None,
     connection_string: ConnOpt = None,
@@ -273,6 +284,8 @@ def upload(
     no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Afterwards, check the blob's page ranges and read its data back to compare MD5s.")] = False,
     align: Annotated[bool, typer.Option("--align", help="Round a virtual size that is not whole MiB up, on the fly.")] = False,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -286,7 +299,7 @@ def upload(
     from vhdtool.workflows.upload import UploadOptions
     from vhdtool.workflows.upload import upload as do_upload
 
-    location = blob_from_args(dest, container, name, connection_string)
+    location = blob_from_args(dest, container, name, connection_string, access(auth, allow_http))
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
                             verify=verify, align=align, log=note)
     done = do_upload(src, location, options)
@@ -307,7 +320,7 @@ def upload(
 
 @app.command()
 def download(
-    src: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token (or use --container/--name).")] = None,
+    src: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token, or without one to sign in with Azure AD (or use --container/--name).")] = None,
     dest: Annotated[Optional[Path], typer.Argument(help="Local file to write (sparse, atomic).")] = None,
     container: ContainerOpt = None,
     name: NameOpt = None,
@@ -315,6 +328,8 @@ def download(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Local file to write, when the blob is given by --container/--name.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel ranged reads.")] = 4,
     force: ForceOpt = False,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
 ) -> None:
     """Download a page blob into a sparse local file, fetching only its page ranges.
 
@@ -332,7 +347,7 @@ def download(
     target = dest or output
     if target is None or (dest and output):
         raise VhdError("give exactly one local destination file (DEST or -o)")
-    location = blob_from_args(src, container, name, connection_string)
+    location = blob_from_args(src, container, name, connection_string, access(auth, allow_http))
     if workers < 1:
         raise VhdError("--workers must be at least 1")
     done = do_download(location, target, DownloadOptions(workers=workers, force=force, log=note))
@@ -398,14 +413,14 @@ image_app = typer.Typer(
 )
 app.add_typer(image_app)
 
-StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Local store folder, or Azure container URL with a SAS token (default: $VHDTOOL_STORE, else ~/.local/share/vhdtool/store).")]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Local store folder, or Azure container URL (with a SAS token, or signed in: see --auth) (default: $VHDTOOL_STORE, else ~/.local/share/vhdtool/store).")]
 StoreContainerOpt = Annotated[Optional[str], typer.Option("--container", help="Azure store: the container, with --connection-string or $AZURE_STORAGE_CONNECTION_STRING.")]
 
 
-def image_store(store: Optional[str], container: Optional[str], connection_string: Optional[str]) -> Any:
+def image_store(store: Optional[str], container: Optional[str], connection_string: Optional[str], azure: Any) -> Any:
     from vhdtool.workflows.store import open_store
 
-    return open_store(store, container=container, connection_string=connection_string)
+    return open_store(store, container=container, connection_string=connection_string, access=azure)
 
 
 @image_app.command("capture")
@@ -422,6 +437,8 @@ def image_capture(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Capture a VM's disks as image NAME, as Azure does.
@@ -440,7 +457,7 @@ def image_capture(
         name, DiskSpec(None, os_disk, choice(os_caching, CACHING, "--os-caching")),
         [parse_data_disk(text) for text in data_disk or []], os_type, os_state, label, source_vm, md5=md5,
     )
-    record = capture(image_store(store, container, connection_string), request, log=note)
+    record = capture(image_store(store, container, connection_string, access(auth, allow_http)), request, log=note)
     emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
 
 
@@ -449,13 +466,15 @@ def image_list(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the images in the store."""
     from vhdtool.workflows.vmimage.catalog import list_images
     from vhdtool.workflows.vmimage.render import list_lines
 
-    rows = list_images(image_store(store, container, connection_string))
+    rows = list_images(image_store(store, container, connection_string, access(auth, allow_http)))
     emit_json(rows) if as_json else typer.echo("\n".join(list_lines(rows)))
 
 
@@ -465,13 +484,15 @@ def image_show(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show an image: OS, state, capture time, and every disk with its copy trail."""
     from vhdtool.workflows.vmimage.records import load_image
     from vhdtool.workflows.vmimage.render import image_lines
 
-    record = load_image(image_store(store, container, connection_string), name)
+    record = load_image(image_store(store, container, connection_string, access(auth, allow_http)), name)
     emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
 
 
@@ -482,6 +503,8 @@ def image_deploy(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Deploy a VM from image NAME: fresh copies of its disks and a VM record.
@@ -492,7 +515,7 @@ def image_deploy(
     from vhdtool.workflows.vmimage.deploy import deploy
     from vhdtool.workflows.vmimage.render import vm_lines
 
-    record = deploy(image_store(store, container, connection_string), name, vm, log=note)
+    record = deploy(image_store(store, container, connection_string, access(auth, allow_http)), name, vm, log=note)
     emit_json(record) if as_json else typer.echo("\n".join(vm_lines(record)))
 
 
@@ -503,6 +526,8 @@ def image_delete(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete image NAME; like Azure, its VHDs stay unless --delete-disks.
@@ -512,7 +537,7 @@ def image_delete(
     from vhdtool.workflows.vmimage.catalog import delete_image
     from vhdtool.workflows.vmimage.render import delete_lines
 
-    result = delete_image(image_store(store, container, connection_string), name, delete_disks)
+    result = delete_image(image_store(store, container, connection_string, access(auth, allow_http)), name, delete_disks)
     emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
 
 
@@ -521,13 +546,15 @@ def image_orphans(
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the VHDs in the store that no image or VM record refers to, with their sizes."""
     from vhdtool.workflows.vmimage.catalog import orphans
     from vhdtool.workflows.vmimage.render import orphan_lines
 
-    found = orphans(image_store(store, container, connection_string))
+    found = orphans(image_store(store, container, connection_string, access(auth, allow_http)))
     emit_json([e.to_dict() for e in found]) if as_json else typer.echo("\n".join(orphan_lines(found)))
 
 

@@ -1,4 +1,4 @@
-"""Secrets out of text: SAS signatures and account keys never reach output, logs or errors.
+"""Secrets out of text: SAS signatures, account keys and tokens never reach output, logs or errors.
 
 At the bottom of the layers, so that every error message can pass through it (VhdError does),
 whichever layer raised it: a blob URL given where a local file was expected still names the
@@ -18,6 +18,9 @@ _REDACTIONS = (
     (re.compile(r"(?i)(\baccount_key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;})]+"), r"\1REDACTED"),
     # Shared Key Authorization header: SharedKey account:signature.
     (re.compile(r"(\bSharedKey\s+[^:\s]+:)[A-Za-z0-9+/=]+"), r"\1REDACTED"),
+    # Azure AD bearer token (a JWT) in an Authorization header; 20+ characters, so that prose
+    # such as "Bearer token authentication is not permitted" (azure-core) stays readable.
+    (re.compile(r"(\bBearer\s+)[A-Za-z0-9\-_.~+/]{20,}=*"), r"\1REDACTED"),
 )
 
 

@@ -3,6 +3,7 @@ only when a client is actually built (see ``location.blob_client``)."""
 
 from vhdtool.azure.location import (
     CONNECTION_STRING_ENV,
+    Access,
     BlobLocation,
     ContainerLocation,
     blob_client,
@@ -13,6 +14,7 @@ from vhdtool.azure.location import (
 
 __all__ = [
     "CONNECTION_STRING_ENV",
+    "Access",
     "BlobLocation",
     "ContainerLocation",
     "blob_client",

@@ -1,9 +1,10 @@
-"""Which blob a command means: a blob URL (with a SAS token, or public), or a container and a
-blob name with a connection string (given, or from $AZURE_STORAGE_CONNECTION_STRING)."""
+"""Which blob a command means: a blob URL (with a SAS token, signed in with Azure AD, or
+public), or a container and a blob name with a connection string (given, or from
+$AZURE_STORAGE_CONNECTION_STRING)."""
 
 from __future__ import annotations
 
-from vhdtool.azure.location import BlobLocation, redact, resolve_connection_string
+from vhdtool.azure.location import Access, BlobLocation, redact, resolve_connection_string
 from vhdtool.errors import VhdError
 
 
@@ -13,7 +14,11 @@ def is_blob_url(text: str) -> bool:
 
 
 def blob_from_args(
-    url: str | None, container: str | None, name: str | None, connection_string: str | None
+    url: str | None,
+    container: str | None,
+    name: str | None,
+    connection_string: str | None,
+    access: Access = Access(),
 ) -> BlobLocation:
     """The blob named either by `url` or by `container` and `name` (never both ways)."""
     if url is not None:
@@ -21,7 +26,7 @@ def blob_from_args(
             raise VhdError("give either a blob URL or --container/--name (with a connection string), not both")
         if not is_blob_url(url):
             raise VhdError(f"not a blob URL (expected https://<account>.blob.core.windows.net/...): {redact(url)}")
-        return BlobLocation.from_url(url)
+        return BlobLocation.from_url(url, access)
     if not (container and name):
-        raise VhdError("no destination blob: give a blob URL with a SAS token, or --container and --name")
-    return BlobLocation.from_connection_string(resolve_connection_string(connection_string), container, name)
+        raise VhdError("no destination blob: give a blob URL (with a SAS token, or --auth login), or --container and --name")
+    return BlobLocation.from_connection_string(resolve_connection_string(connection_string), container, name, access)

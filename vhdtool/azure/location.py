@@ -10,16 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from vhdtool.errors import VhdError
 from vhdtool.redaction import redact
 
 if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken, TokenCredential
     from azure.storage.blob import BlobClient, ContainerClient
 
 CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
@@ -43,6 +46,116 @@ _CONNECTION_KEYS = frozenset(
         " FileSecondaryEndpoint DfsEndpoint DfsSecondaryEndpoint"
     ).split()
 )
+
+AUTH_MODES = ("auto", "login", "anonymous")
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach Azure beyond what a URL or connection string carries (--auth, --allow-http).
+
+    ``auth``: "auto" uses the SAS or key given, else signs in with Azure AD over https (as
+    AzCopy does for a URL without a SAS); "login" always signs in; "anonymous" never does
+    (public containers). ``credential``: any azure-core ``TokenCredential`` (library callers,
+    tests); it implies "login". Default sign-in is azure-identity's DefaultAzureCredential.
+    """
+
+    auth: str = "auto"
+    allow_http: bool = False
+    credential: TokenCredential | None = None
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise VhdError(f"--auth: '{self.auth}' is not one of {', '.join(AUTH_MODES)}")
+
+    @property
+    def login(self) -> bool:
+        return self.auth == "login" or self.credential is not None
+
+
+class DefaultLogin:
+    """azure-identity's DefaultAzureCredential (environment service principal, workload or
+    managed identity, Azure CLI login...), imported and built on first use: importing
+    azure.identity costs start-up time that local commands must not pay.
+
+    One instance per process (``default_login``), so its token cache serves every client.
+    A failed sign-in becomes a one-line VhdError (the SDK's message lists every credential
+    it tried, over several lines).
+    """
+
+    def __init__(self) -> None:
+        self._credential: TokenCredential | None = None
+        self._lock = threading.Lock()
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        with self._lock:
+            if self._credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                # Its failure is also logged as a multi-line WARNING, which Python's last-resort
+                # handler would print to stderr beside our one-line error.
+                logging.getLogger("azure.identity").addHandler(logging.NullHandler())
+                self._credential = DefaultAzureCredential()
+        try:
+            return self._credential.get_token(*scopes, **kwargs)
+        except ClientAuthenticationError as exc:
+            first = (str(exc.message or exc).strip().splitlines() or ["no detail"])[0]
+            raise VhdError(
+                f"Azure AD sign-in failed ({redact(first)}): sign in with `az login`, set"
+                " AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET, or run with a managed"
+                " identity; for a public container use --auth anonymous"
+            ) from None
+
+    def __repr__(self) -> str:
+        return "DefaultLogin()"
+
+
+_DEFAULT_LOGIN = DefaultLogin()
+
+
+def default_login() -> DefaultLogin:
+    """The process's one DefaultAzureCredential, built when a token is first asked for."""
+    return _DEFAULT_LOGIN
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, *.localhost (Azurite's product-style URLs) or a loopback IP literal."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secure(
+    account_url: str, sas: str | None, key: str | None, access: Access, shown: str
+) -> tuple[TokenCredential | None, bool]:
+    """Check `access` against what the URL or connection string carries: (token credential, anonymous).
+
+    Refuses to send a SAS or key over plain http to another machine unless allowed (issue
+    #13): only loopback (Azurite) is exempt. A token never goes over http.
+    """
+    parts = urlsplit(account_url)
+    secret = "a SAS token" if sas else "an account key" if key else None  # a token: https only, below
+    if access.login:
+        if sas or key:
+            raise VhdError(f"--auth login signs in with Azure AD: drop the SAS token or account key: {shown}")
+        if parts.scheme != "https":  # the storage SDK and azure-core refuse bearer tokens over http
+            raise VhdError(f"Azure AD sign-in needs https: {shown}")
+    if access.auth == "anonymous" and (sas or key):
+        raise VhdError(f"--auth anonymous, but a SAS token or account key was given: {shown}")
+    if parts.scheme == "http" and secret and not access.allow_http and not is_loopback(parts.hostname or ""):
+        raise VhdError(
+            f"plain http would send {secret} in clear to {parts.hostname}: use https"
+            f" (or --allow-http if the network is trusted): {shown}"
+        )
+    token = access.credential or (default_login() if access.login else None)
+    return token, access.auth == "anonymous"
+
 
 def resolve_connection_string(explicit: str | None = None) -> str:
     """The explicit connection string, else ``$AZURE_STORAGE_CONNECTION_STRING`` (Azure's convention)."""
@@ -198,7 +311,9 @@ def _redact_url(url: str, sas: str | None) -> str:
 class ContainerLocation:
     """A container plus the credential to reach it; the unit a container-level store works on.
 
-    Exactly one of ``sas_token`` / ``account_key`` is set, or neither (anonymous/public access).
+    At most one of ``sas_token`` / ``account_key`` / ``token_credential`` is set. With none,
+    an https location signs in with Azure AD (DefaultAzureCredential) when a client is built,
+    unless ``anonymous`` (public access); a plain-http one (Azurite) goes anonymous.
     """
 
     account_url: str  # no trailing slash, no query; includes the account path on emulators
@@ -206,15 +321,17 @@ class ContainerLocation:
     account_name: str | None = None
     sas_token: str | None = None  # without leading '?'
     account_key: str | None = None
+    token_credential: TokenCredential | None = field(default=None, compare=False)
+    anonymous: bool = False
 
     def __post_init__(self) -> None:
-        if self.sas_token and self.account_key:
-            raise VhdError("give either a SAS token or an account key, not both")
+        if sum(x is not None for x in (self.sas_token or None, self.account_key, self.token_credential)) > 1:
+            raise VhdError("give either a SAS token or an account key (or a token credential), not both")
         if self.account_key and not self.account_name:
             raise VhdError("an account key needs the account name")
 
     @classmethod
-    def from_url(cls, url: str) -> ContainerLocation:
+    def from_url(cls, url: str, access: Access = Access()) -> ContainerLocation:
         """Parse ``https://acct.blob.core.windows.net/container[?SAS]`` (or the emulator form)."""
         account_url, account, rest, sas = _split_url(url)
         shown = redact(url)
@@ -223,13 +340,14 @@ class ContainerLocation:
         if len(rest) != 1:
             raise VhdError(f"expected exactly a container in the URL path: {shown}")
         container = _check_container(unquote(rest[0]), shown)
-        return cls(account_url, container, account, sas, None)
+        return cls(account_url, container, account, sas, None, *_secure(account_url, sas, None, access, shown))
 
     @classmethod
-    def from_connection_string(cls, conn_str: str, container: str) -> ContainerLocation:
+    def from_connection_string(cls, conn_str: str, container: str, access: Access = Access()) -> ContainerLocation:
         """Parse a ``Key=Value;...`` Azure connection string and attach a container name."""
         account_url, account, key, sas = _parse_connection_string(conn_str)
-        return cls(account_url, _check_container(container, account_url), account, sas, key)
+        secured = _secure(account_url, sas, key, access, account_url)
+        return cls(account_url, _check_container(container, account_url), account, sas, key, *secured)
 
     @property
     def url(self) -> str:
@@ -238,8 +356,10 @@ class ContainerLocation:
 
     @property
     def credential_kind(self) -> str | None:
-        """``"sas"``, ``"account key"`` or None: safe to show."""
-        return "sas" if self.sas_token else "account key" if self.account_key else None
+        """``"sas"``, ``"account key"``, ``"token"`` or None (none given): safe to show."""
+        if self.sas_token:
+            return "sas"
+        return "account key" if self.account_key else "token" if self.token_credential is not None else None
 
     def blob(self, name: str) -> BlobLocation:
         """A blob in this container, sharing its credential."""
@@ -264,7 +384,7 @@ class BlobLocation:
     name: str
 
     @classmethod
-    def from_url(cls, url: str) -> BlobLocation:
+    def from_url(cls, url: str, access: Access = Access()) -> BlobLocation:
         """Parse ``https://acct.blob.core.windows.net/container/blob[?SAS]`` or
         ``http://127.0.0.1:PORT/devstoreaccount1/container/blob`` (Azurite)."""
         account_url, account, rest, sas = _split_url(url)
@@ -273,12 +393,13 @@ class BlobLocation:
             raise VhdError(f"expected /<container>/<blob> in the URL path: {shown}")
         container = _check_container(unquote(rest[0]), shown)
         name = _check_blob_name(unquote("/".join(rest[1:])), shown)
-        return cls(ContainerLocation(account_url, container, account, sas, None), name)
+        secured = _secure(account_url, sas, None, access, shown)
+        return cls(ContainerLocation(account_url, container, account, sas, None, *secured), name)
 
     @classmethod
-    def from_connection_string(cls, conn_str: str, container: str, name: str) -> BlobLocation:
+    def from_connection_string(cls, conn_str: str, container: str, name: str, access: Access = Access()) -> BlobLocation:
         """Parse a ``Key=Value;...`` Azure connection string and attach container and blob names."""
-        return ContainerLocation.from_connection_string(conn_str, container).blob(name)
+        return ContainerLocation.from_connection_string(conn_str, container, access).blob(name)
 
     @property
     def account_url(self) -> str:
@@ -321,11 +442,17 @@ class BlobLocation:
 
 
 def _credential(location: ContainerLocation) -> object | None:
+    """What the SDK client authenticates with: key, SAS, token credential, else Azure AD
+    sign-in over https (as AzCopy does for a URL without a SAS) or nothing (public, Azurite)."""
     if location.account_key is not None:
         from azure.core.credentials import AzureNamedKeyCredential
 
         return AzureNamedKeyCredential(location.account_name or "", location.account_key)
-    return location.sas_token
+    if location.sas_token or location.token_credential is not None:
+        return location.sas_token or location.token_credential
+    if location.anonymous or not location.account_url.startswith("https://"):
+        return None
+    return default_login()
 
 
 def container_client(location: ContainerLocation | BlobLocation, **kwargs: object) -> ContainerClient:

@@ -49,8 +49,10 @@ def open_client(location: BlobLocation, *, connections: int, timeout: float) -> 
 
     session = requests.Session()
     session.proxies = requests.utils.get_environ_proxies(location.account_url)
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     session.trust_env = False
+    # Given to the transport, not the session: the transport passes its own `verify` (default
+    # True) with every request, which would override session.verify.
+    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=1,
         pool_maxsize=connections,
@@ -63,6 +65,7 @@ def open_client(location: BlobLocation, *, connections: int, timeout: float) -> 
         session_owner=True,
         connection_timeout=min(CONNECT_TIMEOUT, timeout),
         read_timeout=timeout,
+        connection_verify=verify,
     )
     return blob_client(location, transport=transport, retry_total=0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from construct import Container
 
@@ -28,6 +28,9 @@ from vhdtool.format.vhd.header import (
 from vhdtool.format.vhd.timestamp import to_iso
 from vhdtool.disk.image import Disk, SparseDisk, open_disk, qemu_7_2_size
 
+if TYPE_CHECKING:
+    from vhdtool.azure.location import Access
+
 
 def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
     """Everything `info` shows, as plain JSON-able data."""
@@ -38,14 +41,14 @@ def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
         return out
 
 
-def describe_blob(url: str) -> dict[str, Any]:
+def describe_blob(url: str, access: Access | None = None) -> dict[str, Any]:
     """`info` for a blob URL: its properties and footer, from two ranged GETs (first sector,
     last 512 bytes); the data in between is never read."""
-    from vhdtool.azure.location import BlobLocation
+    from vhdtool.azure.location import Access, BlobLocation
     from vhdtool.azure.remote import read_blob_ends
     from vhdtool.engine.digest import b64
 
-    location = BlobLocation.from_url(url)
+    location = BlobLocation.from_url(url, access or Access())
     ends = read_blob_ends(location)
     where = location.redacted()
     footer = ends.footer

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vhdtool.errors import VhdError
 from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Store, StoredDisk
+
+if TYPE_CHECKING:
+    from vhdtool.azure.location import Access
 
 STORE_ENV = "VHDTOOL_STORE"
 
@@ -31,26 +35,26 @@ def default_store() -> Path:
 
 
 def open_store(spec: str | None = None, *, container: str | None = None,
-               connection_string: str | None = None) -> Store:
+               connection_string: str | None = None, access: Access | None = None) -> Store:
     """The store named by the options and environment (see the module docstring)."""
     from vhdtool.azure.address import is_blob_url
 
     if container is not None:
         if spec is not None:
             raise VhdError("give either --store or --container (with a connection string), not both")
-        from vhdtool.azure.location import ContainerLocation, resolve_connection_string
+        from vhdtool.azure.location import Access, ContainerLocation, resolve_connection_string
         from vhdtool.workflows.store.azure import AzureStore
 
         return AzureStore(ContainerLocation.from_connection_string(resolve_connection_string(connection_string),
-                                                                   container))
+                                                                   container, access or Access()))
     if connection_string is not None:
         raise VhdError("--connection-string needs --container")
     spec = spec or os.environ.get(STORE_ENV) or str(default_store())
     if is_blob_url(spec):
-        from vhdtool.azure.location import ContainerLocation
+        from vhdtool.azure.location import Access, ContainerLocation
         from vhdtool.workflows.store.azure import AzureStore
 
-        return AzureStore(ContainerLocation.from_url(spec))
+        return AzureStore(ContainerLocation.from_url(spec, access or Access()))
     from vhdtool.workflows.store.local import LocalStore
 
     path = Path(spec).expanduser()
