@@ -245,7 +245,7 @@ def test_refused_disks_leave_nothing_behind(case, code, message, cli, tmp_path) 
     assert not store.exists()
 
 
-@pytest.mark.parametrize("name", ["../web", "a/b", "..", ".hidden", "web..1", "-web", "x" * 81, "c:d", ""])
+@pytest.mark.parametrize("name", ["../web", "a/b", "..", ".hidden", "web..1", "-web", "x" * 81, "c:d", "", "web\n"])
 def test_unsafe_names_are_refused(name, cli, tmp_path) -> None:
     disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 1, 1)
     store = tmp_path / "store"

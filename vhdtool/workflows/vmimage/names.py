@@ -11,7 +11,7 @@ from datetime import date
 
 from vhdtool.errors import VhdError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # matched whole: "$" would let "x\n" in
 OS_TYPES = {"windows": "Windows", "linux": "Linux"}
 OS_STATES = {"generalized": "Generalized", "specialized": "Specialized"}
 CACHING = {"readonly": "ReadOnly", "readwrite": "ReadWrite", "none": "None"}
@@ -20,8 +20,9 @@ MAX_LUN = 63
 OS_DISK, DATA_DISK = "OSDisk", "DataDisk"  # microsoftazurecompute_imagetype
 
 
-def check_name(name: str, what: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
+def check_name(name: object, what: str) -> str:
+    """`name` if it is usable as a file and blob name; records are untrusted, so any value."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise VhdError(f"{what} name {name!r} is not usable: 1-80 letters, digits, '.', '_' or '-', "
                        "starting with a letter or digit, no '..' (it names files and blobs)")
     return name
