@@ -446,7 +446,7 @@ def test_cli_subprocess_errors_are_one_line(tmp_path) -> None:
 
 @pytest.mark.parametrize("text, message", [
     ('{"name": "bad", "osType": "Linux"}', r"the image record 'bad' is malformed \(no 'osState'\)"),
-    ('[1, 2]', r"the image record None is malformed \(not the expected shape\)"),
+    ('[1, 2]', r"the image record 'bad' is malformed \(not the expected shape\)"),
     ('{not json', r"bad\.json: unreadable record"),
 ])
 def test_malformed_records_are_one_line_errors(text, message, cli, tmp_path) -> None:

@@ -211,10 +211,11 @@ class AzureStore(Store):
         except ValueError as exc:
             raise VhdError(f"unreadable record: {exc}", location) from None
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
         names = sorted(p.name[len(kind) + 1: -len(".json")] for p in self._list(f"{kind}/")
                        if p.name.endswith(".json"))
-        return [r for r in (self.read_record(kind, n) for n in names) if r is not None]
+        found = {n: self.read_record(kind, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
 
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
         from azure.core.exceptions import ResourceExistsError

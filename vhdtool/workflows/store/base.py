@@ -116,8 +116,8 @@ class Store(ABC):
     def read_record(self, kind: str, name: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        """Every record of a kind, sorted by name."""
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of a kind by the name it is stored under, sorted by name."""
 
     @abstractmethod
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:

@@ -114,12 +114,13 @@ class LocalStore(Store):
         except (OSError, ValueError) as exc:
             raise VhdError(f"unreadable record: {exc}", path) from None
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
         folder = self.root / kind
         if not folder.is_dir():
-            return []
+            return {}
         names = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
-        return [r for r in (self.read_record(kind, n) for n in names) if r is not None]
+        found = {n: self.read_record(kind, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
 
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
         from vhdtool.engine.output import atomic_file

@@ -12,7 +12,8 @@ from functools import partial
 from typing import Any
 
 from vhdtool.errors import VhdError
-from vhdtool.workflows.store import VM, Store
+from vhdtool.workflows.store import VM, Store, StoredDisk
+from vhdtool.workflows.store.base import Log
 from vhdtool.workflows.vmimage.copies import copy_all, keep_or_discard
 from vhdtool.workflows.vmimage.names import DATA_DISK, OS_DISK, check_name, deployed_name
 from vhdtool.workflows.vmimage.records import image_disks, load_image, record_metadata, vm_record
@@ -28,6 +29,21 @@ def vm_disk_metadata(vm: str, image: str, lun: int | None, name: str) -> dict[st
     }
 
 
+def copy_disk(store: Store, image_name: str, disk: str, new: str, metadata: dict[str, str], log: Log) -> StoredDisk:
+    """`store.copy_within`, saying so when the failure is that the disk was deleted meanwhile
+    (a copy only sees its source change: "modified while being copied", or a failed copy)."""
+    try:
+        return store.copy_within(disk, new, metadata=metadata, log=log)
+    except VhdError:
+        if store.has_vhd(disk):
+            raise
+        raise missing_disk(store, image_name, disk, " (deleted while being copied)") from None
+
+
+def missing_disk(store: Store, image_name: str, disk: str, when: str = "") -> VhdError:
+    return VhdError(f"image {image_name!r}: its disk {disk} is missing from the store{when}", store.describe())
+
+
 def deploy(store: Store, image_name: str, vm: str, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Deploy VM `vm` from image `image_name` in `store`; returns the VM record."""
     check_name(vm, "VM")
@@ -37,14 +53,13 @@ def deploy(store: Store, image_name: str, vm: str, log: Callable[[str], None] = 
     plan = [(disk, deployed_name(vm, disk.get("lun"))) for disk in image_disks(image)]
     for disk, new in plan:
         if not store.has_vhd(disk["name"]):
-            raise VhdError(f"image {image_name!r}: its disk {disk['name']} is missing from the store",
-                           store.describe())
+            raise missing_disk(store, image_name, disk["name"])
         if store.has_vhd(new):
             raise VhdError(f"{new} already exists in the store: deploy never overwrites a VHD",
                            store.describe())
     stored = copy_all(store, [
-        partial(store.copy_within, disk["name"], new,
-                metadata=vm_disk_metadata(vm, image_name, disk.get("lun"), new), log=log)
+        partial(copy_disk, store, image_name, disk["name"], new, vm_disk_metadata(vm, image_name, disk.get("lun"), new),
+                log)
         for disk, new in plan
     ])
     now = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
