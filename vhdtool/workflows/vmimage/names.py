@@ -36,10 +36,12 @@ def choice(value: str, allowed: dict[str, str], option: str) -> str:
         raise VhdError(f"{option}: '{value}' is not one of {', '.join(allowed.values())}") from None
 
 
-def captured_name(image: str, lun: int | None, day: date, suffix: str) -> str:
-    """<image>-os-YYYY-MM-DD or <image>-datadisk-<lun>-YYYY-MM-DD, plus the store's suffix."""
+def captured_name(image: str, lun: int | None, day: date) -> str:
+    """<image>-os-YYYY-MM-DD.vhd or <image>-datadisk-<lun>-YYYY-MM-DD.vhd: one rule for both
+    stores and for deployed disks, .vhd as Azure's own captured VHDs end (records written
+    before, on Azure without .vhd, name their disks and are read as they are)."""
     role = "os" if lun is None else f"datadisk-{lun}"
-    return f"{image}-{role}-{day:%Y-%m-%d}{suffix}"
+    return f"{image}-{role}-{day:%Y-%m-%d}.vhd"
 
 
 def deployed_name(vm: str, lun: int | None) -> str:
