@@ -50,6 +50,13 @@ def names_taken(location: BlobLocation, numbered: bool) -> VhdError:
 
 
 def copy_source_url(source: BlobLocation) -> str:
+    """The source URL a server-side copy reads. The copy keeps it as x-ms-copy-source, which
+    anyone who may read the new blob's properties sees, so it carries the least credential
+    there is: none when we hold the account key (Copy Blob authorizes a source in the
+    destination's account by the request's Shared Key), the source's own SAS when one was
+    given. A store given only a container SAS has nothing narrower to offer: a blob SAS
+    needs the account key or a user delegation key (Entra ID), so its copies carry that
+    container SAS (Put Page From URL would keep no copy source, at one request per 4 MiB)."""
     return f"{source.url}?{source.sas_token}" if source.sas_token else source.url
 
 
