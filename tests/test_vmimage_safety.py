@@ -99,3 +99,131 @@ def test_deploy_of_an_image_whose_disk_was_deleted_says_it_is_missing(web, cli, 
     assert done.code == 2 and f"its disk {os_disk} is missing from the store (deleted while" in done.err, done.err
     assert "modified" not in done.err
     assert not any(n.startswith("vm2") for n in vhd_names(store)) and not (store / "vms").exists()
+
+
+def killed(args: list[str], patch: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `vhdtool ARGS` in a fresh interpreter where `patch` (Python, with `die()` at hand:
+    SIGKILL of the process itself) has replaced a step; it must die of that SIGKILL."""
+    program = "\n".join([
+        "import os, signal, sys",
+        "def die(*args, **kwargs):",
+        "    os.kill(os.getpid(), signal.SIGKILL)",
+        patch,
+        f"sys.argv = ['vhdtool', *{args!r}]",
+        "from vhdtool.cli import main",
+        "main()",
+    ])
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          env=os.environ | (env or {}))
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr)
+    return done
+
+
+DIE_AT_STAGED_COPY = """
+import vhdtool.engine.output as output
+real = output.publish
+def publish(out, *args):  # the staged copy is complete under its hidden name, about to take its own
+    if out.temp is not None and not out.path.name.startswith("."):
+        die()
+    return real(out, *args)
+output.publish = publish
+"""
+DIE_BEFORE_IMAGE_RECORD = """
+from vhdtool.workflows.store.local import LocalStore
+real = LocalStore.create_record
+def create_record(self, kind, *args, **kwargs):
+    if kind == "images":
+        die()
+    return real(self, kind, *args, **kwargs)
+LocalStore.create_record = create_record
+"""
+
+
+@pytest.mark.parametrize("patch, incomplete", [(DIE_AT_STAGED_COPY, True), (DIE_BEFORE_IMAGE_RECORD, False)])
+def test_a_killed_local_capture_leaves_no_image_and_the_next_capture_cleans_up(patch, incomplete, cli,
+                                                                                tmp_path) -> None:
+    disks = three_disks(tmp_path)
+    store = tmp_path / "store"
+    killed(capture_args("web", disks, store), patch)
+    assert cli("image", "list", "--store", str(store)).out == "no images\n"
+    left = json.loads(cli("image", "orphans", "--store", str(store), "--json").out)
+    assert left and all(o["busy"] is None for o in left)
+    if incomplete:  # killed as a staged copy was to be named: the hidden file is listed, incomplete
+        assert any(o["incomplete"] and o["name"].endswith(".vhdtool-partial") for o in left), left
+    else:  # killed after every copy, before the record: three complete VHDs no image refers to
+        assert len(left) == 3 and not any(o["incomplete"] for o in left), left
+    again = cli(*capture_args("web", disks, store, "--json"))
+    assert again.code == 0, again.err
+    assert "removed what the interrupted capture of image web left behind" in again.err
+    record = json.loads(again.out)
+    names = {d["name"] for d in [record["osDisk"], *record["dataDisks"]]}
+    assert vhd_names(store) == names and not any("-01" in n for n in names)
+    assert cli("image", "orphans", "--store", str(store)).out == "no orphaned VHDs\n"
+    assert list((store / "pending" / "images").iterdir()) == []
+
+
+def test_orphans_clean_removes_what_a_killed_capture_left(cli, tmp_path) -> None:
+    disks = three_disks(tmp_path)
+    store = tmp_path / "store"
+    killed(capture_args("web", disks, store), DIE_BEFORE_IMAGE_RECORD)
+    killed(capture_args("db", disks, store), DIE_AT_STAGED_COPY)  # its start removed web's copies
+    staged = len(vhd_names(store))  # 1 to 3: the copies that reached their naming when one did
+    assert staged >= 1 and all(n.startswith(".db-") for n in vhd_names(store))
+    (store / "vhds" / ".old-os-2020-01-01.vhd.0123abcd.vhdtool-partial").write_bytes(b"\0" * 512)  # no journal
+    shown_text = cli("image", "orphans", "--store", str(store)).out
+    assert "[incomplete copy]" in shown_text and "image orphans --clean deletes them" in shown_text
+    done = cli("image", "orphans", "--clean", "--store", str(store), "--json")
+    assert done.code == 0, done.err
+    result = json.loads(done.out)
+    assert result["orphans"] == [] and len(result["deleted"]) == staged + 1
+    assert vhd_names(store) == set() and cli("image", "list", "--store", str(store)).out == "no images\n"
+
+
+def test_a_running_capture_is_not_cleaned_up(cli, tmp_path) -> None:
+    """The journal of a live process: its copies are busy, a second capture of the name is
+    refused, --clean and --delete leave them alone."""
+    disks = three_disks(tmp_path)
+    store = tmp_path / "store"
+    from vhdtool.workflows.store.local import LocalStore
+    from vhdtool.workflows.vmimage.pending import journal
+
+    local = LocalStore(store)
+    (store / "vhds").mkdir(parents=True)
+    (store / "vhds" / "web-os-2030-01-01.vhd").write_bytes(b"\0" * 1024)
+    with journal(local, "images", "web", ["web-os-2030-01-01.vhd"]):
+        refused = cli(*capture_args("web", disks, store))
+        assert refused.code == 2 and "a capture of image 'web' is in progress" in refused.err, refused.err
+        left = json.loads(cli("image", "orphans", "--store", str(store), "--json").out)
+        assert [(o["name"], o["busy"]) for o in left] == [
+            ("web-os-2030-01-01.vhd", f"being written by the capture of image web (process {os.getpid()})")]
+        for flags in (["--clean"], ["--delete", "--yes"]):
+            assert cli("image", "orphans", *flags, "--store", str(store)).code == 0
+        assert vhd_names(store) == {"web-os-2030-01-01.vhd"}
+    assert not (store / "pending" / "images" / "web.json").exists()
+
+
+def test_orphans_delete_needs_yes_and_keeps_what_is_in_use(web, cli) -> None:
+    store, record = web
+    assert cli("image", "delete", "web", "--store", str(store)).code == 0
+    before = vhd_names(store)
+    done = cli("image", "orphans", "--delete", "--store", str(store))
+    assert done.code == 2 and "add --yes" in done.err and vhd_names(store) == before
+    done = cli("image", "orphans", "--delete", "--yes", "--store", str(store), "--json")
+    assert done.code == 0 and len(json.loads(done.out)["deleted"]) == 3 and vhd_names(store) == set()
+
+
+def test_vms_lists_and_vm_delete_removes_a_vm(web, cli) -> None:
+    store, record = web
+    assert cli("image", "deploy", "web", "--vm", "vm1", "--store", str(store)).code == 0
+    rows = json.loads(cli("image", "vms", "--store", str(store), "--json").out)
+    assert [(r["name"], r["image"], r["vhds"]) for r in rows] == [
+        ("vm1", "web", ["vm1-os.vhd", "vm1-datadisk-0.vhd", "vm1-datadisk-1.vhd"])]
+    assert cli("image", "vms", "--store", str(store)).out.startswith("VM vm1  from image web")
+    done = cli("image", "vm-delete", "vm1", "--delete-disks", "--store", str(store), "--json")
+    assert done.code == 0, done.err
+    assert [d["name"] for d in json.loads(done.out)["deletedDisks"]] == ["vm1-os.vhd", "vm1-datadisk-0.vhd",
+                                                                         "vm1-datadisk-1.vhd"]
+    assert not any(n.startswith("vm1") for n in vhd_names(store)) and len(vhd_names(store)) == 3
+    assert cli("image", "vms", "--store", str(store)).out == "no VMs\n"
+    missing = cli("image", "vm-delete", "vm1", "--store", str(store))
+    assert missing.code == 2 and "no VM 'vm1' in the store" in missing.err
