@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from test_upload import conn_env, scattered_vhd
+from test_vmimage_azure import sources  # noqa: F401  (a fixture)
 from test_vmimage_local import MiB, capture_args, shown, three_disks, vhd_names
 
 
@@ -227,3 +229,47 @@ def test_vms_lists_and_vm_delete_removes_a_vm(web, cli) -> None:
     assert cli("image", "vms", "--store", str(store)).out == "no VMs\n"
     missing = cli("image", "vm-delete", "vm1", "--store", str(store))
     assert missing.code == 2 and "no VM 'vm1' in the store" in missing.err
+
+
+def azure_capture(name: str, os_disk: str, container, *extra: str) -> list[str]:
+    return ["image", "capture", name, "--os-disk", os_disk, "--os-type", "linux", "--os-state", "generalized",
+            "--container", container.container_name, *extra]
+
+
+def test_a_killed_upload_into_an_azure_store_is_cleaned_up_by_the_next_capture(azurite, container, cli,
+                                                                             tmp_path) -> None:
+    """Killed while uploading: a leased page blob without its footer under the final name.
+    The next capture deletes it (the lease of the dead upload is its own) and takes the name."""
+    from test_vmimage_azure import blobs
+
+    env = conn_env(azurite)
+    disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 7)
+    args = azure_capture("web", str(disk), container)
+    killed(args, "import vhdtool.workflows.upload as upload\nupload.finish = die", env)
+    stored = blobs(container)
+    [partial] = [n for n in stored if not n.startswith("pending/")]
+    assert stored[partial].lease.state == "leased"
+    assert cli("image", "list", "--container", container.container_name, env=env).out == "no images\n"
+    [orphan] = json.loads(cli("image", "orphans", "--container", container.container_name, "--json", env=env).out)
+    assert (orphan["name"], orphan["incomplete"]) == (partial, True)
+    again = cli(*args, "--json", env=env)
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["osDisk"]["name"] == partial  # the same name: no -01
+    assert set(blobs(container)) == {partial, "images/web.json"}
+    assert container.get_blob_client(partial).download_blob().readall() == disk.read_bytes()
+
+
+def test_a_killed_server_side_copy_is_cleaned_up_by_orphans_clean(azurite, container, sources, cli,
+                                                                   tmp_path) -> None:
+    from test_vmimage_azure import blobs, put_disk
+
+    env = conn_env(azurite)
+    source = put_disk(sources, "vm-os.vhd", scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 8))
+    args = azure_capture("web", source.url, container)
+    killed(args, "import vhdtool.workflows.store.azure as azure\nazure.wait_for_copy = die", env)
+    assert cli("image", "list", "--container", container.container_name, env=env).out == "no images\n"
+    assert any(not n.startswith("pending/") for n in blobs(container))
+    done = cli("image", "orphans", "--clean", "--container", container.container_name, "--json", env=env)
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["orphans"] == [] and blobs(container) == {}
+    assert set(blobs(sources)) == {"vm-os.vhd"}
