@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -259,7 +258,7 @@ def test_a_killed_upload_into_an_azure_store_is_cleaned_up_by_the_next_capture(a
     assert container.get_blob_client(partial).download_blob().readall() == disk.read_bytes()
 
 
-def test_a_killed_server_side_copy_is_cleaned_up_by_orphans_clean(azurite, container, sources, cli,
+def test_a_killed_server_side_copy_is_cleaned_up_by_orphans_clean(azurite, container, sources, cli,  # noqa: F811
                                                                    tmp_path) -> None:
     from test_vmimage_azure import blobs, put_disk
 
