@@ -272,3 +272,16 @@ def test_a_killed_server_side_copy_is_cleaned_up_by_orphans_clean(azurite, conta
     assert done.code == 0, done.err
     assert json.loads(done.out)["orphans"] == [] and blobs(container) == {}
     assert set(blobs(sources)) == {"vm-os.vhd"}
+
+
+def test_a_killed_deploy_leaves_no_vm_and_the_next_deploy_cleans_up(web, cli) -> None:
+    store, record = web
+    before = vhd_names(store)
+    die_before_vm_record = DIE_BEFORE_IMAGE_RECORD.replace('kind == "images"', 'kind == "vms"')
+    killed(["image", "deploy", "web", "--vm", "vm1", "--store", str(store)], die_before_vm_record)
+    assert vhd_names(store) - before == {"vm1-os.vhd", "vm1-datadisk-0.vhd", "vm1-datadisk-1.vhd"}
+    assert cli("image", "vms", "--store", str(store)).out == "no VMs\n"
+    again = cli("image", "deploy", "web", "--vm", "vm1", "--store", str(store))
+    assert again.code == 0 and "removed what the interrupted deploy of VM vm1 left behind" in again.err, again.err
+    assert [r["name"] for r in json.loads(cli("image", "vms", "--store", str(store), "--json").out)] == ["vm1"]
+    assert cli("image", "orphans", "--store", str(store)).out == "no orphaned VHDs\n"

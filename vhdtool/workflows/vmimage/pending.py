@@ -86,7 +86,7 @@ def journal(store: Store, kind: str, name: str, vhds: list[str]) -> Iterator[Non
 
 
 def journals(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
-    """Every journal: (kind, name, record); an unreadable one is shown as having no VHDs."""
+    """Every journal: (kind, name, record); one that is not a JSON object names no VHDs."""
     found = []
     for kind in WHAT:
         for name, record in store.records(journal_kind(kind)).items():
@@ -125,9 +125,18 @@ def clean_leftovers(store: Store, entries: list[DiskEntry], used: dict[str, str]
             continue
         mine = set(journal_vhds(record))
         gone = [e for e in entries if (e.incomplete or e.name) in mine and e.name not in used]
+        # Another process may be cleaning up the same run at the same time: gone is done.
         for entry in gone:
-            store.delete_vhd(entry.name)
-        store.delete_record(journal_kind(kind), name)
+            try:
+                store.delete_vhd(entry.name)
+            except (VhdError, OSError):
+                if store.has_vhd(entry.name):
+                    raise
+        try:
+            store.delete_record(journal_kind(kind), name)
+        except (VhdError, OSError):
+            if store.read_record(journal_kind(kind), name) is not None:
+                raise
         log(f"removed what the interrupted {WHAT[kind]} {name} left behind: "
             f"{', '.join(e.name for e in gone) or 'no VHD'}")
         deleted += gone
