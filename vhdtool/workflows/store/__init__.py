@@ -16,12 +16,12 @@ import os
 from pathlib import Path
 
 from vhdtool.errors import VhdError
-from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Store, StoredDisk, candidate_names
+from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Store, StoredDisk
 
 STORE_ENV = "VHDTOOL_STORE"
 
-__all__ = ["IMAGE", "VM", "STORE_ENV", "CopyTrail", "DiskEntry", "Store", "StoredDisk", "candidate_names",
-           "default_store", "open_store"]
+__all__ = ["IMAGE", "VM", "STORE_ENV", "CopyTrail", "DiskEntry", "Store", "StoredDisk", "default_store",
+           "open_store"]
 
 
 def default_store() -> Path:

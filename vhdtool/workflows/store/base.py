@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from vhdtool.azure.location import BlobLocation
-
 from vhdtool.engine.output import MAX_NUMBER
 from vhdtool.errors import VhdError
+
+if TYPE_CHECKING:
+    from vhdtool.azure.location import BlobLocation
 
 IMAGE, VM = "images", "vms"  # record kinds: also their folder (or blob prefix) in the store
 Log = Callable[[str], None]

@@ -103,7 +103,7 @@ def list_vms(store: Store) -> list[dict[str, Any]]:
     for name, record in store.records(VM).items():
         vhds = vm_vhds(store, record, name)
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-            raise malformed(store, "VM", {"name": name}, "no 'image'")
+            raise malformed(store, "VM", name, "no 'image'")
         rows.append({"name": name, "image": record["image"], "createdAt": record.get("createdAt"), "vhds": vhds})
     return rows
 

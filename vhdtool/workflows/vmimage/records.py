@@ -136,15 +136,15 @@ def vm_vhds(store: Store, record: Any, name: str) -> list[str]:
         disks = [profile["osDisk"], *profile.get("dataDisks", [])]
         names = [unquote(urlsplit(d["vhd"]["uri"]).path.rsplit("/", 1)[-1]) for d in disks]
     except (KeyError, TypeError, AttributeError):
-        raise malformed(store, "VM", {"name": name}) from None
+        raise malformed(store, "VM", name) from None
     try:
         return [check_name(n, "disk") for n in names]
     except VhdError as exc:
-        raise malformed(store, "VM", {"name": name}, exc.detail) from None
+        raise malformed(store, "VM", name, exc.detail) from None
 
 
-def malformed(store: Store, kind: str, record: Any, why: str = "not the expected shape") -> VhdError:
-    name = record.get("name") if isinstance(record, dict) else None
+def malformed(store: Store, kind: str, name: str, why: str = "not the expected shape") -> VhdError:
+    """The record stored as `name` (never the name it gives itself: it may lie) is unusable."""
     return VhdError(f"the {kind} record {name!r} is malformed ({why}): fix or remove it", store.describe())
 
 
@@ -172,7 +172,7 @@ def checked_image(store: Store, record: Any, name: str) -> dict[str, Any]:
     its type and every name in it is usable (a record is untrusted: a disk named "../x" would
     reach outside the store)."""
     if not isinstance(record, dict):
-        raise malformed(store, "image", {"name": name})
+        raise malformed(store, "image", name)
     why = wrong_field(record, IMAGE_FIELDS, "")
     if why is None:
         problems = (disk_problem(d, data_disk=i > 0) for i, d in enumerate(image_disks(record)))
@@ -186,7 +186,7 @@ def checked_image(store: Store, record: Any, name: str) -> dict[str, Any]:
         except VhdError as exc:
             why = exc.detail
     if why:
-        raise malformed(store, "image", {"name": name}, why)
+        raise malformed(store, "image", name, why)
     return record
 
 
