@@ -67,7 +67,7 @@ def test_capture_deploy_delete_orphans(azurite, container, sources, cli, tmp_pat
     record = json.loads(done.out)
     entries = [record["osDisk"], *record["dataDisks"]]
     names = [d["name"] for d in entries]
-    for name, pattern in zip(names, ["web-os-DATE", "web-datadisk-0-DATE", "web-datadisk-1-DATE"]):
+    for name, pattern in zip(names, [r"web-os-DATE\.vhd", r"web-datadisk-0-DATE\.vhd", r"web-datadisk-1-DATE\.vhd"]):
         assert dated(pattern).match(name), name
     stored = blobs(container)
     assert set(stored) == set(names) | {"images/web.json"}
@@ -116,6 +116,8 @@ def test_capture_deploy_delete_orphans(azurite, container, sources, cli, tmp_pat
     vm_blobs = ["vm1-os.vhd", "vm1-datadisk-0.vhd", "vm1-datadisk-1.vhd"]
     for vm_blob, image_blob in zip(vm_blobs, names):
         assert content(container, vm_blob) == content(container, image_blob)
+    copied_from = container.get_blob_client("vm1-os.vhd").get_blob_properties().copy.source
+    assert copied_from == f"{base}/{names[0]}"  # the store's key authorizes it: no credential kept in it
     vm_meta = container.get_blob_client("vm1-datadisk-1.vhd").get_blob_properties().metadata
     assert (vm_meta["microsoftazurecompute_vmname"], vm_meta["microsoftazurecompute_disktype"]) == ("vm1", "DataDisk")
 
@@ -131,7 +133,7 @@ def test_capture_deploy_delete_orphans(azurite, container, sources, cli, tmp_pat
     assert again.code == 0, again.err
     second = json.loads(again.out)
     renamed = [d["name"] for d in [second["osDisk"], *second["dataDisks"]]]
-    assert renamed == [f"{n}-01" for n in names]
+    assert renamed == [f"{n[:-4]}-01.vhd" for n in names]
     removed = cli("image", "delete", "web", "--delete-disks", *store_args(container), "--json", env=env)
     assert [d["name"] for d in json.loads(removed.out)["deletedDisks"]] == renamed
     assert set(blobs(container)) == set(names) | set(vm_blobs) | {"vms/vm1.json"}

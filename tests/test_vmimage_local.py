@@ -245,7 +245,7 @@ def test_refused_disks_leave_nothing_behind(case, code, message, cli, tmp_path) 
     assert not store.exists()
 
 
-@pytest.mark.parametrize("name", ["../web", "a/b", "..", ".hidden", "web..1", "-web", "x" * 81, "c:d", ""])
+@pytest.mark.parametrize("name", ["../web", "a/b", "..", ".hidden", "web..1", "-web", "x" * 81, "c:d", "", "web\n"])
 def test_unsafe_names_are_refused(name, cli, tmp_path) -> None:
     disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 1, 1)
     store = tmp_path / "store"
@@ -363,15 +363,16 @@ def test_concurrent_copies_never_share_a_name(tmp_path) -> None:
 
 
 def test_two_captures_at_once(tmp_path) -> None:
-    """Two processes capture one image name together: one wins, the other fails and removes
-    its copies; the winner's disks are the only ones left, under distinct names."""
+    """Two processes capture one image name together: one wins, the other is refused (the
+    winner's journal or record is there) or fails and removes its copies; the winner's disks
+    are the only ones left, under distinct names."""
     disks = three_disks(tmp_path)
     store = tmp_path / "store"
     cmd = [sys.executable, "-m", "vhdtool.cli", *capture_args("web", disks, store)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = sorted((p.wait(timeout=60), p.stderr.read()) for p in procs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
-    assert "already exists" in outcomes[1][1]
+    assert "already exists" in outcomes[1][1] or "a capture of image 'web' is in progress" in outcomes[1][1]
     record = json.loads((store / "images" / "web.json").read_text())
     names = {d["name"] for d in [record["osDisk"], *record["dataDisks"]]}
     assert len(names) == 3 and vhd_names(store) == names
@@ -446,7 +447,7 @@ def test_cli_subprocess_errors_are_one_line(tmp_path) -> None:
 
 @pytest.mark.parametrize("text, message", [
     ('{"name": "bad", "osType": "Linux"}', r"the image record 'bad' is malformed \(no 'osState'\)"),
-    ('[1, 2]', r"the image record None is malformed \(not the expected shape\)"),
+    ('[1, 2]', r"the image record 'bad' is malformed \(not the expected shape\)"),
     ('{not json', r"bad\.json: unreadable record"),
 ])
 def test_malformed_records_are_one_line_errors(text, message, cli, tmp_path) -> None:

@@ -402,7 +402,7 @@ image_app = typer.Typer(
     name="image",
     help=(
         "VM images as Azure keeps them: capture a VM's disks as a reusable image, list, show, "
-        "deploy, delete, and find orphaned VHDs.\n\n"
+        "deploy, delete, list and delete VMs, and find (and delete) orphaned VHDs.\n\n"
         "Store: --store PATH (a local folder) or --store URL (an Azure container URL with a SAS "
         "token), or --container NAME with a connection string; default $VHDTOOL_STORE, else "
         "$XDG_DATA_HOME/vhdtool/store (~/.local/share/vhdtool/store).\n\n"
@@ -444,9 +444,11 @@ def image_capture(
     """Capture a VM's disks as image NAME, as Azure does.
 
     Each disk must pass check --target azure. All are then copied into the store at once, as
-    NAME-os-YYYY-MM-DD and NAME-datadisk-LUN-YYYY-MM-DD (UTC date, -NN added if the name is
-    taken; .vhd in a local store), and the image record is written. A generalized disk in use
-    (leased blob, file open for writing) is refused. Nothing is left behind on failure.
+    NAME-os-YYYY-MM-DD.vhd and NAME-datadisk-LUN-YYYY-MM-DD.vhd (UTC date, -NN added if the
+    name is taken), and the image record is written last. A generalized disk in use (leased
+    blob, file open for writing) is refused. On failure the copies are deleted; if the process
+    is killed, the image never appears and the next capture (or image orphans --clean)
+    deletes its copies.
     """
     from vhdtool.workflows.vmimage.capture import CaptureRequest, capture
     from vhdtool.workflows.vmimage.disks import DiskSpec, parse_data_disk
@@ -543,6 +545,9 @@ def image_delete(
 
 @image_app.command("orphans")
 def image_orphans(
+    clean: Annotated[bool, typer.Option("--clean", help="Delete the incomplete copies (and what killed captures and deploys left).")] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete every orphaned VHD not in use (needs --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --delete.")] = False,
     store: StoreOpt = None,
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
@@ -550,12 +555,63 @@ def image_orphans(
     allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the VHDs in the store that no image or VM record refers to, with their sizes."""
-    from vhdtool.workflows.vmimage.catalog import orphans
-    from vhdtool.workflows.vmimage.render import orphan_lines
+    """List the VHDs in the store that no image or VM record refers to, with their sizes.
 
-    found = orphans(image_store(store, container, connection_string, access(auth, allow_http)))
-    emit_json([e.to_dict() for e in found]) if as_json else typer.echo("\n".join(orphan_lines(found)))
+    Incomplete copies (left by a killed capture or deploy) are marked. --clean deletes those;
+    --delete --yes deletes every orphan. A VHD in use (leased, open for writing, being copied)
+    is never deleted.
+    """
+    from vhdtool.workflows.vmimage.catalog import clean_orphans, orphans
+    from vhdtool.workflows.vmimage.render import clean_lines, orphan_lines
+
+    chosen = image_store(store, container, connection_string, access(auth, allow_http))
+    if delete and not yes:
+        raise VhdError("--delete deletes every orphaned VHD for good: add --yes to confirm")
+    if clean or delete:
+        result = clean_orphans(chosen, everything=delete, log=note)
+        emit_json(result) if as_json else typer.echo("\n".join(clean_lines(result)))
+        return
+    found = [e.to_dict() for e in orphans(chosen)]
+    emit_json(found) if as_json else typer.echo("\n".join(orphan_lines(found)))
+
+
+@image_app.command("vms")
+def image_vms(
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the VMs deployed in the store, with the image each came from and its VHDs."""
+    from vhdtool.workflows.vmimage.catalog import list_vms
+    from vhdtool.workflows.vmimage.render import vms_lines
+
+    rows = list_vms(image_store(store, container, connection_string, access(auth, allow_http)))
+    emit_json(rows) if as_json else typer.echo("\n".join(vms_lines(rows)))
+
+
+@image_app.command("vm-delete")
+def image_vm_delete(
+    name: Annotated[str, typer.Argument(help="VM name.")],
+    delete_disks: Annotated[bool, typer.Option("--delete-disks", help="Also delete its VHDs (never one another record uses or one in use).")] = False,
+    store: StoreOpt = None,
+    container: StoreContainerOpt = None,
+    connection_string: ConnOpt = None,
+    auth: AuthOpt = "auto",
+    allow_http: AllowHttpOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete VM record NAME; like Azure, its VHDs stay unless --delete-disks.
+
+    The VHDs left behind are listed: they are still stored (and billed) until deleted.
+    """
+    from vhdtool.workflows.vmimage.catalog import delete_vm
+    from vhdtool.workflows.vmimage.render import delete_lines
+
+    result = delete_vm(image_store(store, container, connection_string, access(auth, allow_http)), name, delete_disks)
+    emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
 
 
 def main() -> None:

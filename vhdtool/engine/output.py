@@ -59,7 +59,7 @@ def create_unnamed(dest: Path) -> PendingOutput:
             pass  # filesystem without O_TMPFILE: fall back to a named temporary
     tmp = temp_name(dest)
     try:
-        return PendingOutput(os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o644), dest, tmp)
+        return PendingOutput(os.open(tmp, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), dest, tmp)
     except OSError as exc:
         raise VhdError(f"cannot create output: {exc.strerror}", dest) from None
 
@@ -67,7 +67,7 @@ def create_unnamed(dest: Path) -> PendingOutput:
 def link(out: PendingOutput, name: Path) -> None:
     """Give the file `name`; FileExistsError if the name is taken."""
     if out.temp is not None:
-        os.link(out.temp, name)
+        os.link(out.temp, name, follow_symlinks=False)  # the temporary itself, never where a link points
         return
     # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names an O_TMPFILE file (plain link(2),
     # which os.link uses without a dir fd, would try to link the /proc symlink itself).

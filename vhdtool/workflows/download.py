@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,24 +83,56 @@ class Partial:
         return cls(stem, stem.with_name(stem.name + ".json"), identity)
 
     def resumable_offset(self) -> int:
-        """How much of the partial file is done, if it is a copy of this very blob version."""
+        """How much of the partial file is done, if it is a copy of this very blob version
+        (and a regular file of ours: anything else at that name is never resumed into)."""
         try:
-            saved = json.loads(self.state.read_text())
+            with os.fdopen(open_own(self.state, os.O_RDONLY)) as state:
+                saved = json.loads(state.read())
             done = int(saved.pop("done"))
-            size = self.data.stat().st_size
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            st = os.lstat(self.data)
+        except (OSError, VhdError, ValueError, KeyError, TypeError, AttributeError):
             return 0
-        return done if saved == self.identity and size == self.identity["size"] else 0
+        own_file = stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid()
+        return done if own_file and saved == self.identity and st.st_size == self.identity["size"] else 0
+
+    def open_data(self, resume: bool) -> int:
+        """The partial file: the one to resume, or a new one. A new one is created exclusively,
+        and neither follows a link: a symlink planted at this name would otherwise make the
+        download overwrite whatever it points to."""
+        if resume:
+            return open_own(self.data, os.O_RDWR)
+        self.data.unlink(missing_ok=True)  # removes a link itself, never its target
+        return os.open(self.data, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
     def record(self, done: int) -> None:
-        """Remember that [0, done) is durable (the caller fsynced the data first)."""
+        """Remember that [0, done) is durable (the caller fsynced the data first). The state is
+        written to one temporary name, created exclusively, and removed if writing fails (a
+        full disk), so that no run leaves a second state file."""
         tmp = self.state.with_name(self.state.name + ".tmp")
-        tmp.write_text(json.dumps(self.identity | {"done": done}))
-        os.replace(tmp, self.state)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(self.identity | {"done": done}))
+            os.replace(tmp, self.state)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def discard(self) -> None:
         self.data.unlink(missing_ok=True)
         self.state.unlink(missing_ok=True)
+
+
+def open_own(path: Path, flags: int) -> int:
+    """Open an existing file without following a link; refused unless it is a regular file
+    owned by the caller (a file someone else put there is not our partial download)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise VhdError("is not a regular file of yours: remove it and run the command again", path)
+    return fd
 
 
 def blob_info(blob: PageBlob) -> BlobInfo:
@@ -155,7 +188,10 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
     if start:
         options.log(f"resuming the download from offset {start:,}")
     result = DownloadResult(dest, str(blob.location), info.size, resumed_from=start)
-    fd = os.open(partial.data, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if start else os.O_TRUNC), 0o644)
+    try:
+        fd = partial.open_data(resume=bool(start))
+    except OSError as exc:
+        raise VhdError(f"cannot create the partial download: {exc.strerror}", partial.data) from None
     try:
         partial.record(start)
         out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
@@ -171,6 +207,9 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
         result.path = publish(out.out, options.force, numbered=False)
         sync_folder(result.path)
         partial.state.unlink(missing_ok=True)
+    except OSError as exc:  # a full disk above all: name the file, keep what is durable
+        raise VhdError(f"writing failed: {exc.strerror or exc}; free the space or fix the cause and run the "
+                       "same command again to resume", exc.filename or partial.data) from None
     finally:
         os.close(fd)
     return result

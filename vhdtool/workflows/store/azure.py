@@ -21,7 +21,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,8 +29,7 @@ from vhdtool.azure.location import BlobLocation, ContainerLocation, container_cl
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.retry import Retrier, TransferError, describe, is_transient
 from vhdtool.errors import VhdError
-from vhdtool.engine.output import MAX_NUMBER
-from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk
+from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk, candidate_names
 from vhdtool.engine.digest import b64, content_md5
 from vhdtool.workflows.store.local import utc_now
 
@@ -44,16 +43,6 @@ PAGE_BLOB = "PageBlob"
 LEASED = frozenset({"leased", "breaking"})  # a breaking lease still blocks writes and deletes
 
 
-def candidate_names(name: str, numbered: bool) -> Iterable[str]:
-    """name, then name-01 ... name-99 before any .vhd suffix (Azure's "-ZZ", added only when
-    the name is taken)."""
-    yield name
-    stem, suffix = (name[:-4], name[-4:]) if name.endswith(".vhd") else (name, "")
-    if numbered:
-        for number in range(1, MAX_NUMBER + 1):
-            yield f"{stem}-{number:02d}{suffix}"
-
-
 def names_taken(location: BlobLocation, numbered: bool) -> VhdError:
     if numbered:
         return VhdError(f"every name up to {location.name} is taken", location)
@@ -61,6 +50,13 @@ def names_taken(location: BlobLocation, numbered: bool) -> VhdError:
 
 
 def copy_source_url(source: BlobLocation) -> str:
+    """The source URL a server-side copy reads. The copy keeps it as x-ms-copy-source, which
+    anyone who may read the new blob's properties sees, so it carries the least credential
+    there is: none when we hold the account key (Copy Blob authorizes a source in the
+    destination's account by the request's Shared Key), the source's own SAS when one was
+    given. A store given only a container SAS has nothing narrower to offer: a blob SAS
+    needs the account key or a user delegation key (Entra ID), so its copies carry that
+    container SAS (Put Page From URL would keep no copy source, at one request per 4 MiB)."""
     return f"{source.url}?{source.sas_token}" if source.sas_token else source.url
 
 
@@ -93,7 +89,6 @@ def trail_from_copy(props: BlobProperties, source: str) -> CopyTrail:
 class AzureStore(Store):
     kind = "azure"
     md5_by_default = True
-    capture_suffix = ""
 
     def __init__(self, container: ContainerLocation):
         self.container = container
@@ -118,11 +113,11 @@ class AzureStore(Store):
                                  None if sas else here.account_key).blob(source.name)
 
     def copy_in(self, source: Path | BlobLocation, name: str, *, metadata: dict[str, str], md5: bool,
-                log: Log) -> StoredDisk:
+                log: Log, numbered: bool = True) -> StoredDisk:
         source = self.resolve(source)
         if isinstance(source, Path):
-            return self._upload(source, name, metadata, md5, log)
-        return self._copy(source, name, True, metadata, md5)
+            return self._upload(source, name, numbered, metadata, md5, log)
+        return self._copy(source, name, numbered, metadata, md5)
 
     def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
         return self._copy(self.resolve(self.container.blob(name)), new_name, False, metadata, True)
@@ -147,17 +142,18 @@ class AzureStore(Store):
                 return StoredDisk(name, blob.location.url, props.size, digest, trail_from_copy(props, str(source)))
         raise names_taken(self.container.blob(name), numbered)
 
-    def _upload(self, source: Path, wanted: str, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
+    def _upload(self, source: Path, wanted: str, numbered: bool, metadata: dict[str, str], md5: bool,
+                log: Log) -> StoredDisk:
         """Claim the first free name with an empty page blob, then `upload` into it."""
         from vhdtool.workflows.upload import UploadOptions, upload
 
         token = str(uuid.uuid4())
-        for name in candidate_names(wanted, True):
+        for name in candidate_names(wanted, numbered):
             with PageBlob(self.container.blob(name), connections=1) as blob:
                 if claim_name(blob, token):
                     break
         else:
-            raise names_taken(self.container.blob(name), True)
+            raise names_taken(self.container.blob(name), numbered)
         location = self.container.blob(name)
         try:
             done = upload(source, location, UploadOptions(overwrite=True, md5=md5, log=log))
@@ -179,12 +175,23 @@ class AzureStore(Store):
             if props.name.startswith((f"{IMAGE}/", f"{VM}/")):
                 continue
             found.append(DiskEntry(props.name, self.container.blob(props.name).url, props.size, None,
-                                   lease_reason(props.lease.state, props.lease.duration)))
+                                   lease_reason(props.lease.state, props.lease.duration),
+                                   props.name if unfinished(props) else None))
         return found
 
     def delete_vhd(self, name: str) -> None:
+        """Delete the blob; a copy still pending is aborted first, and the lease of an upload
+        whose process has exited (on this machine) is used rather than waited out."""
+        from vhdtool.azure.lease import dead_holder_lease
+
         with PageBlob(self.container.blob(name), connections=1) as blob:
-            blob.call("deleting the blob", blob.client.delete_blob)
+            props = blob.properties()
+            if props is None:
+                raise VhdError("no such blob", blob.location)
+            if props.copy.status == "pending":
+                blob.call("aborting the copy", blob.client.abort_copy, props.copy.id)
+            lease = dead_holder_lease(props.metadata or {}) if lease_reason(props.lease.state, None) else None
+            blob.call("deleting the blob", blob.client.delete_blob, lease=lease)
 
     def record_blob(self, kind: str, name: str) -> BlobLocation:
         return self.container.blob(f"{kind}/{name}.json")
@@ -211,10 +218,11 @@ class AzureStore(Store):
         except ValueError as exc:
             raise VhdError(f"unreadable record: {exc}", location) from None
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
         names = sorted(p.name[len(kind) + 1: -len(".json")] for p in self._list(f"{kind}/")
                        if p.name.endswith(".json"))
-        return [r for r in (self.read_record(kind, n) for n in names) if r is not None]
+        found = {n: self.read_record(kind, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
 
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -252,6 +260,17 @@ class AzureStore(Store):
             raise kind(f"listing the container failed: {describe(exc)}", self.describe()) from None
         finally:
             client.close()
+
+
+def unfinished(props: BlobProperties) -> bool:
+    """A blob a capture or deploy never completed: its copy did not succeed, its upload is
+    partial, or it is still the empty blob that claimed the name for an upload."""
+    from vhdtool.workflows.upload import PARTIAL, STATE_KEY
+
+    metadata = props.metadata or {}
+    if props.copy.status in ("pending", "failed", "aborted"):
+        return True
+    return metadata.get(STATE_KEY) == PARTIAL or (props.size == 0 and CLAIM_KEY in metadata)
 
 
 def claimed(blob: PageBlob, token: str) -> bool:

@@ -9,16 +9,29 @@ ever holds a credential.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from vhdtool.engine.output import MAX_NUMBER
+from vhdtool.errors import VhdError
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import BlobLocation
 
 IMAGE, VM = "images", "vms"  # record kinds: also their folder (or blob prefix) in the store
 Log = Callable[[str], None]
+
+
+def candidate_names(name: str, numbered: bool) -> Iterable[str]:
+    """name, then name-01 ... name-99 before any .vhd suffix (Azure's "-ZZ", added only when
+    the name is taken)."""
+    yield name
+    stem, suffix = (name[:-4], name[-4:]) if name.endswith(".vhd") else (name, "")
+    if numbered:
+        for number in range(1, MAX_NUMBER + 1):
+            yield f"{stem}-{number:02d}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,13 @@ class DiskEntry:
     size: int  # bytes (a page blob's length, a file's length)
     allocated: int | None  # bytes actually stored (local: blocks on disk), when known
     busy: str | None  # why it must not be deleted now (open for writing, leased), or None
+    # A copy that never completed (a hidden staged file, a blob whose copy or upload did not
+    # finish): the name it was being made for, else None.
+    incomplete: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "uri": self.uri, "size": self.size, "allocated": self.allocated,
-                "busy": self.busy}
+                "busy": self.busy, "incomplete": self.incomplete is not None}
 
 
 class Store(ABC):
@@ -80,8 +96,6 @@ class Store(ABC):
     # Azure shows and checks (copies carry it; an upload hashes in its one pass); a local copy
     # has no use for it, and MD5 costs ~1.2 s per GiB of disk, holes included.
     md5_by_default: bool
-    # Captured VHDs carry .vhd locally; on Azure they are named as Azure names them, without.
-    capture_suffix: str
 
     @abstractmethod
     def describe(self) -> str:
@@ -90,12 +104,20 @@ class Store(ABC):
     @abstractmethod
     def has_vhd(self, name: str) -> bool: ...
 
+    def free_name(self, wanted: str) -> str:
+        """`wanted`, or its first "-NN" variant that holds no VHD now (see `candidate_names`)."""
+        for name in candidate_names(wanted, True):
+            if not self.has_vhd(name):
+                return name
+        raise VhdError(f"every name up to {name} is taken", self.describe())
+
     @abstractmethod
     def copy_in(self, source: Path | BlobLocation, name: str, *, metadata: dict[str, str], md5: bool,
-                log: Log) -> StoredDisk:
-        """Copy a disk into the store as `name`, or if taken as its first free "-NN" variant
-        (before any .vhd suffix), chosen race-safely: two copies never take one name.
-        `metadata` goes on the blob (Azure); Content-MD5 is computed unless the copy has it."""
+                log: Log, numbered: bool = True) -> StoredDisk:
+        """Copy a disk into the store as `name`, or if taken (and `numbered`) as its first free
+        "-NN" variant (see `candidate_names`), chosen race-safely: two copies never take one
+        name; not `numbered`, a taken name is refused. `metadata` goes on the blob (Azure);
+        Content-MD5 is computed unless the copy has it."""
 
     @abstractmethod
     def copy_within(self, name: str, new_name: str, *, metadata: dict[str, str], log: Log) -> StoredDisk:
@@ -107,17 +129,18 @@ class Store(ABC):
 
     @abstractmethod
     def vhds(self) -> list[DiskEntry]:
-        """Every VHD in the store."""
+        """Every VHD in the store, incomplete copies too."""
 
     @abstractmethod
-    def delete_vhd(self, name: str) -> None: ...
+    def delete_vhd(self, name: str) -> None:
+        """Delete a VHD, or an incomplete copy (listed by `vhds`) whose writer is gone."""
 
     @abstractmethod
     def read_record(self, kind: str, name: str) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        """Every record of a kind, sorted by name."""
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of a kind by the name it is stored under, sorted by name."""
 
     @abstractmethod
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:

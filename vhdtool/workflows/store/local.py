@@ -3,8 +3,10 @@
 VHDs come in through `snapshot` (sparse, byte-identical, reflinked where the filesystem can):
 each is first written under a hidden temporary name in vhds/, then given its final name by
 the same race-safe link(2) as every atomic output (`output.publish`, numbered "-NN" on a
-taken name). What Azure keeps in blob metadata is kept in the records. "In use" is another
-process holding the file open for writing (see vhdtool.workflows.store.writers).
+taken name). A hidden ".NAME.XXXX.vhdtool-partial" left there is a copy that never completed
+(its writer was killed): `vhds` lists it as incomplete, for NAME. What Azure keeps in blob
+metadata is kept in the records. "In use" is another process holding the file open for
+writing (see vhdtool.workflows.store.writers).
 """
 
 from __future__ import annotations
@@ -41,10 +43,20 @@ def snapshot_trail(source: Path, copied: SnapshotResult) -> CopyTrail:
     return CopyTrail(str(uuid.uuid4()), str(source), method, "success", copied.size, copied.size, utc_now())
 
 
+def staged_for(name: str) -> str | None:
+    """The VHD name a hidden staged copy ".NAME.XXXXXXXX.vhdtool-partial" is for (see
+    `output.temp_name`), or None for any other name."""
+    from vhdtool.engine.output import TEMP_SUFFIX
+
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    stem, _, token = name[1:-len(TEMP_SUFFIX)].rpartition(".")
+    return stem if stem and len(token) == 8 else None
+
+
 class LocalStore(Store):
     kind = "local"
     md5_by_default = False
-    capture_suffix = ".vhd"
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
@@ -56,14 +68,15 @@ class LocalStore(Store):
     def has_vhd(self, name: str) -> bool:
         return (self.vhd_dir / name).exists()
 
-    def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log) -> StoredDisk:
+    def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log,
+                numbered: bool = True) -> StoredDisk:
         from vhdtool.engine.digest import ContentMd5
         from vhdtool.engine.output import staged_file
         from vhdtool.workflows.snapshot import snapshot
 
         self.vhd_dir.mkdir(parents=True, exist_ok=True)
         hashing = ContentMd5() if md5 else None  # fed by the copy itself: one pass
-        with staged_file(self.vhd_dir / name, numbered=True) as staged:
+        with staged_file(self.vhd_dir / name, numbered=numbered) as staged:
             copied = snapshot(source, staged.temp, tap=hashing.add if hashing else None)
             digest = None
             if hashing is not None:  # a reflink copies no bytes: then the copy is read to hash it
@@ -89,14 +102,14 @@ class LocalStore(Store):
             names = sorted(os.listdir(self.vhd_dir))
         except FileNotFoundError:
             return []
-        # hidden names are outputs still being written
-        paths = [self.vhd_dir / n for n in names if not n.startswith(".") and (self.vhd_dir / n).is_file()]
+        paths = [self.vhd_dir / n for n in names if (self.vhd_dir / n).is_file()]
+        paths = [p for p in paths if not p.name.startswith(".") or staged_for(p.name)]
         busy = writers(paths)
         found = []
         for path in paths:
             st = path.stat()
             found.append(DiskEntry(path.name, path.as_uri(), st.st_size, st.st_blocks * 512,
-                                   busy_reason(busy.get(path))))
+                                   busy_reason(busy.get(path)), staged_for(path.name)))
         return found
 
     def delete_vhd(self, name: str) -> None:
@@ -114,12 +127,13 @@ class LocalStore(Store):
         except (OSError, ValueError) as exc:
             raise VhdError(f"unreadable record: {exc}", path) from None
 
-    def records(self, kind: str) -> list[dict[str, Any]]:
+    def records(self, kind: str) -> dict[str, dict[str, Any]]:
         folder = self.root / kind
         if not folder.is_dir():
-            return []
+            return {}
         names = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
-        return [r for r in (self.read_record(kind, n) for n in names) if r is not None]
+        found = {n: self.read_record(kind, n) for n in names}
+        return {n: r for n, r in found.items() if r is not None}
 
     def create_record(self, kind: str, name: str, record: dict[str, Any], metadata: dict[str, str]) -> None:
         from vhdtool.engine.output import atomic_file

@@ -3,9 +3,11 @@
 Every disk is checked first (Azure's rules, in use or not); only then are they copied, all at
 once: into a local store through `snapshot` (sparse, reflinked where possible), into an Azure
 store by server-side Copy Blob from a blob or by `upload` from a local file. Copies are named
-<image>-os-YYYY-MM-DD and <image>-datadisk-<lun>-YYYY-MM-DD (UTC date), with "-NN" when the
-name is taken, chosen race-safely by the store. The image record is written last, and
-exclusively: if it cannot be, or any copy fails, the copies are deleted again.
+<image>-os-YYYY-MM-DD.vhd and <image>-datadisk-<lun>-YYYY-MM-DD.vhd (UTC date), with "-NN"
+when the name is taken. The names are chosen first and journaled (see vmimage.pending); a
+copy never replaces a VHD. The image record is written last, and exclusively: if it cannot
+be, or any copy fails, the copies are deleted again; if the process is killed, the next
+capture or `image orphans --clean` deletes them.
 
 In use: a generalized image comes from a stopped VM, so a disk that is in use (a leased blob,
 a file open for writing by another process) is refused; a specialized one may be captured
@@ -26,6 +28,7 @@ from vhdtool.errors import VhdError
 from vhdtool.workflows.store import IMAGE, Store
 from vhdtool.workflows.vmimage.copies import copy_all, keep_or_discard
 from vhdtool.workflows.vmimage.disks import DiskSpec, check_disk_set, check_sources, locate
+from vhdtool.workflows.vmimage.pending import journal, recover
 from vhdtool.workflows.vmimage.names import (
     DATA_DISK,
     OS_DISK,
@@ -91,19 +94,21 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
                        f"{name})", store.describe())
     sources = [locate(d.source, store) for d in disks]
     in_use = check_usable(sources, os_state, log)
+    recover(store, log)
     now = datetime.now(timezone.utc)
     vm_key = request.vm_key or disk_set_key(sources)
     md5 = store.md5_by_default if request.md5 is None else request.md5
     metadata = [disk_metadata(OS_DISK if d.lun is None else DATA_DISK, os_state, os_type, vm_key) for d in disks]
-    stored = copy_all(store, [
-        partial(store.copy_in, source, captured_name(name, d.lun, now.date(), store.capture_suffix),
-                metadata=meta, md5=md5, log=log)
-        for d, source, meta in zip(disks, sources, metadata)
-    ])
-    entries = [image_disk(d, s, meta, busy) for d, s, meta, busy in zip(disks, stored, metadata, in_use)]
-    captured_at = now.isoformat(timespec="seconds").replace("+00:00", "Z")
-    record = image_record(store, name, request.label, os_type, os_state, captured_at, vm_key, entries)
-    extra = {"microsoftazurecompute_osstate": os_state, "microsoftazurecompute_ostype": os_type}
-    keep_or_discard(store, stored, partial(store.create_record, IMAGE, name, record,
-                                           record_metadata("vmimage", name, extra)))
+    names = [store.free_name(captured_name(name, d.lun, now.date())) for d in disks]
+    with journal(store, IMAGE, name, names):
+        stored = copy_all(store, [
+            partial(store.copy_in, source, new, metadata=meta, md5=md5, log=log, numbered=False)
+            for source, new, meta in zip(sources, names, metadata)
+        ])
+        entries = [image_disk(d, s, meta, busy) for d, s, meta, busy in zip(disks, stored, metadata, in_use)]
+        captured_at = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+        record = image_record(store, name, request.label, os_type, os_state, captured_at, vm_key, entries)
+        extra = {"microsoftazurecompute_osstate": os_state, "microsoftazurecompute_ostype": os_type}
+        keep_or_discard(store, stored, partial(store.create_record, IMAGE, name, record,
+                                               record_metadata("vmimage", name, extra)))
     return record

@@ -11,7 +11,7 @@ from datetime import date
 
 from vhdtool.errors import VhdError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # matched whole: "$" would let "x\n" in
 OS_TYPES = {"windows": "Windows", "linux": "Linux"}
 OS_STATES = {"generalized": "Generalized", "specialized": "Specialized"}
 CACHING = {"readonly": "ReadOnly", "readwrite": "ReadWrite", "none": "None"}
@@ -20,8 +20,9 @@ MAX_LUN = 63
 OS_DISK, DATA_DISK = "OSDisk", "DataDisk"  # microsoftazurecompute_imagetype
 
 
-def check_name(name: str, what: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
+def check_name(name: object, what: str) -> str:
+    """`name` if it is usable as a file and blob name; records are untrusted, so any value."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise VhdError(f"{what} name {name!r} is not usable: 1-80 letters, digits, '.', '_' or '-', "
                        "starting with a letter or digit, no '..' (it names files and blobs)")
     return name
@@ -35,10 +36,12 @@ def choice(value: str, allowed: dict[str, str], option: str) -> str:
         raise VhdError(f"{option}: '{value}' is not one of {', '.join(allowed.values())}") from None
 
 
-def captured_name(image: str, lun: int | None, day: date, suffix: str) -> str:
-    """<image>-os-YYYY-MM-DD or <image>-datadisk-<lun>-YYYY-MM-DD, plus the store's suffix."""
+def captured_name(image: str, lun: int | None, day: date) -> str:
+    """<image>-os-YYYY-MM-DD.vhd or <image>-datadisk-<lun>-YYYY-MM-DD.vhd: one rule for both
+    stores and for deployed disks, .vhd as Azure's own captured VHDs end (records written
+    before, on Azure without .vhd, name their disks and are read as they are)."""
     role = "os" if lun is None else f"datadisk-{lun}"
-    return f"{image}-{role}-{day:%Y-%m-%d}{suffix}"
+    return f"{image}-{role}-{day:%Y-%m-%d}.vhd"
 
 
 def deployed_name(vm: str, lun: int | None) -> str:

@@ -128,18 +128,23 @@ def image_disks(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [record["osDisk"], *record.get("dataDisks", [])]
 
 
-def vm_vhds(store: Store, record: Any) -> list[str]:
-    """The store names of a VM's own VHDs (from the vhd URIs of its storage profile)."""
+def vm_vhds(store: Store, record: Any, name: str) -> list[str]:
+    """The store names of a VM's own VHDs (from the vhd URIs of its storage profile), each a
+    valid name: a record is untrusted input, and these names are deleted and copied from."""
     try:
         profile = record["storageProfile"]
         disks = [profile["osDisk"], *profile.get("dataDisks", [])]
-        return [unquote(urlsplit(d["vhd"]["uri"]).path.rsplit("/", 1)[-1]) for d in disks]
+        names = [unquote(urlsplit(d["vhd"]["uri"]).path.rsplit("/", 1)[-1]) for d in disks]
     except (KeyError, TypeError, AttributeError):
-        raise malformed(store, "VM", record) from None
+        raise malformed(store, "VM", name) from None
+    try:
+        return [check_name(n, "disk") for n in names]
+    except VhdError as exc:
+        raise malformed(store, "VM", name, exc.detail) from None
 
 
-def malformed(store: Store, kind: str, record: Any, why: str = "not the expected shape") -> VhdError:
-    name = record.get("name") if isinstance(record, dict) else None
+def malformed(store: Store, kind: str, name: str, why: str = "not the expected shape") -> VhdError:
+    """The record stored as `name` (never the name it gives itself: it may lie) is unusable."""
     return VhdError(f"the {kind} record {name!r} is malformed ({why}): fix or remove it", store.describe())
 
 
@@ -162,21 +167,31 @@ def disk_problem(disk: Any, data_disk: bool) -> str | None:
     return wrong_field(disk, DISK_FIELDS, "disk field ") or wrong_field(disk["copy"], COPY_FIELDS, "copy field ")
 
 
-def checked_image(store: Store, record: Any) -> dict[str, Any]:
-    """The image record, once every field the commands read is there with its type."""
+def checked_image(store: Store, record: Any, name: str) -> dict[str, Any]:
+    """The image record stored as `name`, once every field the commands read is there with
+    its type and every name in it is usable (a record is untrusted: a disk named "../x" would
+    reach outside the store)."""
     if not isinstance(record, dict):
-        raise malformed(store, "image", record)
+        raise malformed(store, "image", name)
     why = wrong_field(record, IMAGE_FIELDS, "")
     if why is None:
         problems = (disk_problem(d, data_disk=i > 0) for i, d in enumerate(image_disks(record)))
         why = next((p for p in problems if p), None)
+    if why is None and record["name"] != name:
+        why = f"it names itself {record['name']!r} but is stored as {name!r}"
+    if why is None:
+        try:
+            for disk in image_disks(record):
+                check_name(disk["name"], "disk")
+        except VhdError as exc:
+            why = exc.detail
     if why:
-        raise malformed(store, "image", record, why)
+        raise malformed(store, "image", name, why)
     return record
 
 
 def image_records(store: Store) -> list[dict[str, Any]]:
-    return [checked_image(store, r) for r in store.records(IMAGE)]
+    return [checked_image(store, r, n) for n, r in store.records(IMAGE).items()]
 
 
 def load_image(store: Store, name: str) -> dict[str, Any]:
@@ -184,15 +199,17 @@ def load_image(store: Store, name: str) -> dict[str, Any]:
     record = store.read_record(IMAGE, name)
     if record is None:
         raise VhdError(f"no image {name!r} in the store", store.describe())
-    return checked_image(store, record)
+    return checked_image(store, record, name)
 
 
-def references(store: Store, skip_image: str | None = None) -> dict[str, str]:
-    """Every VHD name a record refers to, with which record ("image X", "VM Y")."""
+def references(store: Store, skip_image: str | None = None, skip_vm: str | None = None) -> dict[str, str]:
+    """Every VHD name a record refers to, with which record ("image X", "VM Y"); records are
+    told apart by the name they are stored under, never by the name they give themselves."""
     used: dict[str, str] = {}
-    for record in store.records(VM):
-        for name in vm_vhds(store, record):
-            used.setdefault(name, f"VM {record.get('name')}")
+    for name, record in store.records(VM).items():
+        if name != skip_vm:
+            for vhd in vm_vhds(store, record, name):
+                used.setdefault(vhd, f"VM {name}")
     for record in image_records(store):
         if record["name"] != skip_image:
             for disk in image_disks(record):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from vhdtool.workflows.store import DiskEntry
 from vhdtool.units import format_size
 from vhdtool.workflows.vmimage.records import image_disks
 
@@ -52,12 +51,14 @@ def vm_lines(record: dict[str, Any]) -> list[str]:
 
 def entry_line(entry: dict[str, Any]) -> str:
     stored = f", {format_size(entry['allocated'])} allocated" if entry.get("allocated") is not None else ""
-    why = f"  [{entry['reason'] or entry.get('busy')}]" if entry.get("reason") or entry.get("busy") else ""
-    return f"  {entry['name']}  {format_size(entry['size'])}{stored}  {entry['uri']}{why}"
+    notes = ["incomplete copy"] if entry.get("incomplete") else []
+    notes += [why for why in (entry.get("reason") or entry.get("busy"),) if why]
+    tags = f"  [{'; '.join(notes)}]" if notes else ""
+    return f"  {entry['name']}  {format_size(entry['size'])}{stored}  {entry['uri']}{tags}"
 
 
 def delete_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"deleted image {result['image']}"]
+    lines = [f"deleted image {result['image']}" if "image" in result else f"deleted VM {result['vm']}"]
     if result["deletedDisks"]:
         lines.append("deleted its VHDs:")
         lines += [entry_line(e) for e in result["deletedDisks"]]
@@ -67,9 +68,26 @@ def delete_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def orphan_lines(entries: list[DiskEntry]) -> list[str]:
+def orphan_lines(entries: list[dict[str, Any]]) -> list[str]:
     if not entries:
         return ["no orphaned VHDs"]
-    total = sum(e.size for e in entries)
+    total = sum(e["size"] for e in entries)
     lines = [f"{len(entries)} VHD{'s' * (len(entries) != 1)} no image or VM refers to ({format_size(total)}):"]
-    return lines + [entry_line(e.to_dict()) for e in entries]
+    lines += [entry_line(e) for e in entries]
+    if any(e["incomplete"] for e in entries):
+        lines.append("incomplete copies are what a killed capture or deploy left: vhdtool image orphans --clean "
+                     "deletes them")
+    return lines
+
+
+def clean_lines(result: dict[str, Any]) -> list[str]:
+    deleted = result["deleted"]
+    lines = [f"deleted {len(deleted)} VHD{'s' * (len(deleted) != 1)}" + (":" if deleted else "")]
+    return lines + [entry_line(e) for e in deleted] + orphan_lines(result["orphans"])
+
+
+def vms_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["no VMs"]
+    return [f"VM {r['name']}  from image {r['image']}, created {r['createdAt']}: {', '.join(r['vhds'])}"
+            for r in rows]
