@@ -1,0 +1,55 @@
+"""Tell a disk image's format by its bytes, and say how to convert what we cannot read.
+
+Signatures: VHDX "vhdxfile" at 0 (MS-VHDX 2.2.1); VHD "conectix" footer at the end, at
+end-511 (old Virtual PC) or its copy at 0 (VHD spec); qcow2 "QFI\\xfb" (QEMU docs/interop/
+qcow2.txt); VMDK sparse extent "KDMV" (VMware VMDK spec) or a text descriptor starting
+"# Disk DescriptorFile"; VDI "<<< " text and signature 0xbeda107f at 64 (VirtualBox VDI.h).
+Anything else is taken as raw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vhdtool.disk.image import locate_footer, open_readonly
+from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
+from vhdtool.errors import FormatError
+
+__all__ = ["sniff", "open_vhdx", "VhdxDisk", "unsupported"]
+
+VDI_SIGNATURE = (0xBEDA107F).to_bytes(4, "little")
+READABLE = ("vhd", "vhdx", "raw")
+QEMU_NAMES = {"qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi"}
+
+
+def sniff_bytes(head: bytes, size: int, fd: int) -> str:
+    if head.startswith(b"vhdxfile"):
+        return "vhdx"
+    if head.startswith(b"QFI\xfb"):
+        return "qcow2"
+    if head.startswith(b"KDMV") or head.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    if head[64:68] == VDI_SIGNATURE:
+        return "vdi"
+    if locate_footer(fd, size) is not None:
+        return "vhd"
+    return "raw"
+
+
+def sniff(path: str | os.PathLike) -> str:
+    """"vhd", "vhdx", "qcow2", "vmdk", "vdi" or "raw"."""
+    fd, st = open_readonly(Path(path))
+    try:
+        return sniff_bytes(os.pread(fd, 512, 0), st.st_size, fd)
+    finally:
+        os.close(fd)
+
+
+def unsupported(path: str | os.PathLike, fmt: str) -> FormatError:
+    """The one-line error for a format we recognise but do not read."""
+    return FormatError(
+        f"is a {fmt} image, which vhdtool does not read: convert it first with "
+        f"`qemu-img convert -f {QEMU_NAMES[fmt]} -O vpc -o subformat=fixed,force_size=on {path} OUT.vhd`",
+        path,
+    )
