@@ -16,7 +16,7 @@ from vhdtool.disk.image import locate_footer, open_readonly
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.errors import FormatError
 
-__all__ = ["sniff", "open_vhdx", "VhdxDisk", "unsupported"]
+__all__ = ["sniff", "readable_format", "open_vhdx", "VhdxDisk", "unsupported"]
 
 VDI_SIGNATURE = (0xBEDA107F).to_bytes(4, "little")
 READABLE = ("vhd", "vhdx", "raw")
@@ -44,6 +44,14 @@ def sniff(path: str | os.PathLike) -> str:
         return sniff_bytes(os.pread(fd, 512, 0), st.st_size, fd)
     finally:
         os.close(fd)
+
+
+def readable_format(path: str | os.PathLike) -> str:
+    """"vhd", "vhdx" or "raw"; any other format is a FormatError saying how to convert it."""
+    fmt = sniff(path)
+    if fmt not in READABLE:
+        raise unsupported(path, fmt)
+    return fmt
 
 
 def unsupported(path: str | os.PathLike, fmt: str) -> FormatError:
