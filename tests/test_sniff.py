@@ -64,7 +64,10 @@ def test_unsupported_formats_say_how_to_convert(tmp_path, fmt):
     err = unsupported(path, sniff(path))
     assert isinstance(err, VhdError) and "\n" not in str(err)
     assert str(err).startswith(f"{path}: is a {fmt} image")
-    assert f"qemu-img convert -f {fmt} -O vpc -o subformat=fixed,force_size=on {path} OUT.vhd" in str(err)
+    assert (
+        f"qemu-img convert -f {fmt} -O vpc -o subformat=fixed,force_size=on {path} OUT.vhd"
+        in str(err)
+    )
     with pytest.raises(VhdError) as raised:
         readable_format(path)
     assert str(raised.value) == str(err)

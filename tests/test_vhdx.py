@@ -6,21 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import shutil
 import subprocess
 from pathlib import Path
 from uuid import UUID
 
+import make_vhdx_fixtures as mk
 import numpy as np
 import pytest
+from oracles import run, vhdi_info, vhdi_read, vhdi_sector_size
 
-import make_vhdx_fixtures as mk
-from oracles import run, vhdi_read
 from vhdtool import ranges
 from vhdtool.disk.vhdx import open_vhdx
 from vhdtool.disk.vhdx_errors import VhdxError
-from vhdtool.format.vhdx.bat import HOLDS_DATA, PayloadState, states
+from vhdtool.format.vhdx.bat import HOLDS_DATA, PayloadState
 
 MiB = 1024 * 1024
 QEMU_MADE = ["qemu-1m", "qemu-8m", "qemu-32m", "qemu-fixed"]
@@ -42,16 +41,6 @@ def qemu_vhdx_raw(path: Path, tmp: Path) -> bytes:
     return out.read_bytes()
 
 
-def vhdiinfo(path: Path) -> dict:
-    text = run("vhdiinfo", str(path)).stdout
-    return {
-        "size": int(re.search(r"Media size\s*:.*\((\d+) bytes\)", text).group(1)),
-        "sector": int(re.search(r"Bytes per sector\s*:\s*(\d+)", text).group(1)),
-        "identifier": UUID(re.search(r"\tIdentifier\s*:\s*([0-9a-f-]+)", text).group(1)),
-        "type": re.search(r"Disk type\s*:\s*(\w+)", text).group(1),
-    }
-
-
 @pytest.mark.parametrize("name", QEMU_MADE)
 def test_qemu_images_read_as_qemu_and_libvhdi_read_them(vhdx, name, tmp_path):
     mine = read_all(vhdx[name])
@@ -62,15 +51,21 @@ def test_qemu_images_read_as_qemu_and_libvhdi_read_them(vhdx, name, tmp_path):
 
 @pytest.mark.parametrize("name", QEMU_MADE)
 def test_sizes_and_guids_agree_with_qemu_img_info_and_vhdiinfo(vhdx, name):
-    qemu = json.loads(run("qemu-img", "info", "--output=json", "-f", "vhdx", str(vhdx[name])).stdout)
-    libvhdi = vhdiinfo(vhdx[name])
+    qemu = json.loads(
+        run("qemu-img", "info", "--output=json", "-f", "vhdx", str(vhdx[name])).stdout
+    )
+    libvhdi = vhdi_info(vhdx[name])
     with open_vhdx(vhdx[name]) as disk:
-        assert disk.virtual_size == qemu["virtual-size"] == libvhdi["size"]
+        assert disk.virtual_size == qemu["virtual-size"] == libvhdi["virtual_size"]
         assert disk.block_size == qemu["cluster-size"]
-        assert disk.logical_sector_size == libvhdi["sector"] == 512
+        assert disk.logical_sector_size == vhdi_sector_size(vhdx[name]) == 512
         # libvhdi's identifier is the header's data write GUID.
-        assert disk.current_header.data_write_guid == libvhdi["identifier"]
-        assert disk.subformat == libvhdi["type"].lower() == ("fixed" if name == "qemu-fixed" else "dynamic")
+        assert disk.current_header.data_write_guid == UUID(libvhdi["unique_id"])
+        assert (
+            disk.subformat
+            == libvhdi["type"].lower()
+            == ("fixed" if name == "qemu-fixed" else "dynamic")
+        )
         assert disk.findings == []
 
 
@@ -104,29 +99,38 @@ def test_zero_unmapped_and_discarded_blocks_are_never_read(vhdx, monkeypatch):
         assert PayloadState.ZERO in state and PayloadState.FULLY_PRESENT in state
         reads = []
         real = disk.file_readinto
-        monkeypatch.setattr(disk, "file_readinto", lambda buf, off: (reads.append((off, len(buf))), real(buf, off)))
+        monkeypatch.setattr(
+            disk, "file_readinto", lambda buf, off: (reads.append((off, len(buf))), real(buf, off))
+        )
         disk.read(0, disk.virtual_size)
-        present = {disk.block_offset(b) for b in range(20) if state[b] == PayloadState.FULLY_PRESENT}
+        present = {
+            disk.block_offset(b) for b in range(20) if state[b] == PayloadState.FULLY_PRESENT
+        }
         assert {off for off, _ in reads} == present
 
 
 def test_4096_byte_logical_sectors(vhdx):
     path = vhdx["own-4k"]
     with open_vhdx(path) as disk:
-        assert disk.logical_sector_size == 4096 == vhdiinfo(path)["sector"]
+        assert disk.logical_sector_size == 4096 == vhdi_sector_size(path)
         assert disk.chunk_ratio == (1 << 23) * 4096 // MiB
         assert [f.code for f in disk.findings] == ["vhdx.logical-sector-4k"]
         data = disk.read(0, disk.virtual_size)
     assert data == vhdi_read([path])
     assert data[:5000] == mk.pattern(1, 5000) and data[3 * MiB : 4 * MiB] == mk.pattern(2, MiB)
     # qemu 7.2 cannot open a 4096-byte-sector VHDX at all: libvhdi is the oracle here.
-    assert subprocess.run(["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            ["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True
+        ).returncode
+        != 0
+    )
 
 
 def test_differencing_reads_as_libvhdi_reads_the_chain(vhdx):
     child, base = vhdx["diff-child"], vhdx["diff-base"]
     with open_vhdx(child) as disk:
-        assert disk.subformat == "differencing" and vhdiinfo(child)["type"] == "Differential"
+        assert disk.subformat == "differencing" and vhdi_info(child)["type"] == "differential"
         assert [d.path for d in disk.chain()] == [child, base]
         data = disk.read(0, disk.virtual_size)
         assert disk.block_state(2) == PayloadState.PARTIALLY_PRESENT
@@ -140,7 +144,11 @@ def test_differencing_allocated_is_own_sectors_and_the_parents(vhdx):
     flags[::2] = True
     flags[100:300] = True
     expected = ranges.merge(
-        [(1 * MiB, 2 * MiB), *ranges.true_runs(flags, 512, 2 * MiB), *ranges.true_runs(flags[::-1], 512, 5 * MiB)]
+        [
+            (1 * MiB, 2 * MiB),
+            *ranges.true_runs(flags, 512, 2 * MiB),
+            *ranges.true_runs(flags[::-1], 512, 5 * MiB),
+        ]
     )
     with open_vhdx(vhdx["diff-child"]) as disk:
         own = list(ranges.merge(disk.own_allocated()))
@@ -155,7 +163,11 @@ def test_zero_and_unmapped_in_a_differencing_file_read_zeros_not_the_parent(vhdx
     shutil.copy(vhdx["diff-base"], tmp_path / "diff-base.vhdx")
     spec = mk.VhdxSpec(
         size=6 * MiB,
-        blocks={0: (PayloadState.ZERO, b""), 1: (PayloadState.UNMAPPED, b""), 2: (PayloadState.UNDEFINED, b"")},
+        blocks={
+            0: (PayloadState.ZERO, b""),
+            1: (PayloadState.UNMAPPED, b""),
+            2: (PayloadState.UNDEFINED, b""),
+        },
         parent={"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\diff-base.vhdx"},
     )
     child = mk.write_vhdx(tmp_path / "c.vhdx", spec)
@@ -166,7 +178,10 @@ def test_zero_and_unmapped_in_a_differencing_file_read_zeros_not_the_parent(vhdx
 
 def test_parent_found_by_absolute_win32_path_basename_and_checked_by_linkage(vhdx, tmp_path):
     shutil.copy(vhdx["diff-base"], tmp_path / "diff-base.vhdx")
-    pairs = {"parent_linkage": "{%s}" % mk.guid(0xBA), "absolute_win32_path": "D:\\vms\\diff-base.vhdx"}
+    pairs = {
+        "parent_linkage": "{%s}" % mk.guid(0xBA),
+        "absolute_win32_path": "D:\\vms\\diff-base.vhdx",
+    }
     child = mk.write_vhdx(tmp_path / "c.vhdx", mk.VhdxSpec(size=6 * MiB, parent=pairs))
     assert read_all(child) == read_all(vhdx["diff-base"])
     pairs["parent_linkage"] = "{%s}" % mk.guid(0xBB)
@@ -205,7 +220,12 @@ def test_pending_log_is_replayed_in_memory_as_qemu_replays_it(vhdx, tmp_path):
     # qemu replays the log only when it may write: on a copy, with `qemu-img check -r all`.
     copy = tmp_path / "replayed.vhdx"
     shutil.copy(path, copy)
-    assert subprocess.run(["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            ["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True
+        ).returncode
+        != 0
+    )
     run("qemu-img", "check", "-q", "-r", "all", "-f", "vhdx", str(copy), check=False)
     assert data == qemu_vhdx_raw(copy, tmp_path) == vhdi_read([copy])
 

@@ -23,8 +23,13 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    blocks = {0: (mk.State.FULLY_PRESENT, mk.pattern(1, MiB)), 2: (mk.State.FULLY_PRESENT, mk.pattern(2, MiB))}
-    return mk.write_vhdx(tmp_path_factory.mktemp("clean") / "clean.vhdx", mk.VhdxSpec(size=4 * MiB, blocks=blocks))
+    blocks = {
+        0: (mk.State.FULLY_PRESENT, mk.pattern(1, MiB)),
+        2: (mk.State.FULLY_PRESENT, mk.pattern(2, MiB)),
+    }
+    return mk.write_vhdx(
+        tmp_path_factory.mktemp("clean") / "clean.vhdx", mk.VhdxSpec(size=4 * MiB, blocks=blocks)
+    )
 
 
 def damaged(clean: Path, tmp_path: Path, edit, *, reseal: bool = True) -> Path:
@@ -49,10 +54,16 @@ def refused(path: Path) -> VhdxError:
 def test_one_bad_header_checksum_uses_the_other(clean, tmp_path):
     want = open_vhdx(clean).read(0, 4 * MiB)
     for number, offset in enumerate(HEADER_OFFSETS, 1):
-        path = damaged(clean, tmp_path, lambda d: d.__setitem__(offset + 40, d[offset + 40] ^ 1), reseal=False)
+        path = damaged(
+            clean, tmp_path, lambda d: d.__setitem__(offset + 40, d[offset + 40] ^ 1), reseal=False
+        )
         with open_vhdx(path) as disk:
-            assert [(f.code, f.numbers["header"]) for f in disk.findings] == [("vhdx.header-checksum", number)]
-            assert disk.current_header.sequence_number == 3 - number  # the writer gives header 2 seq 2
+            assert [(f.code, f.numbers["header"]) for f in disk.findings] == [
+                ("vhdx.header-checksum", number)
+            ]
+            assert (
+                disk.current_header.sequence_number == 3 - number
+            )  # the writer gives header 2 seq 2
             assert disk.read(0, 4 * MiB) == want
 
 
@@ -74,7 +85,9 @@ def test_both_headers_bad_is_refused(clean, tmp_path):
 
 
 def test_bad_first_region_table_uses_the_second(clean, tmp_path):
-    path = damaged(clean, tmp_path, lambda d: d.__setitem__(REGION_TABLE_OFFSETS[0] + 20, 0xEE), reseal=False)
+    path = damaged(
+        clean, tmp_path, lambda d: d.__setitem__(REGION_TABLE_OFFSETS[0] + 20, 0xEE), reseal=False
+    )
     with open_vhdx(path) as disk:
         assert [f.code for f in disk.findings] == ["vhdx.region-checksum"]
         assert disk.read(0, MiB) == mk.pattern(1, MiB)
@@ -92,10 +105,14 @@ def test_bat_entry_past_eof_is_refused(clean, tmp_path):
 
 
 def test_bat_entry_in_header_section_and_bad_states_are_refused(clean, tmp_path):
-    assert refused(damaged(clean, tmp_path, lambda d: bat_entry(d, 0, 6))).code == "vhdx.bat-in-header"
+    assert (
+        refused(damaged(clean, tmp_path, lambda d: bat_entry(d, 0, 6))).code == "vhdx.bat-in-header"
+    )
     # PARTIALLY_PRESENT in a file without a parent, and the reserved state 4
     for state in (7, 4):
-        path = damaged(clean, tmp_path, lambda d: bat_entry(d, 1, mk.batfmt.build_entry(state, 4 * MiB)))
+        path = damaged(
+            clean, tmp_path, lambda d: bat_entry(d, 1, mk.batfmt.build_entry(state, 4 * MiB))
+        )
         assert refused(path).code == "vhdx.bat-state"
 
 
@@ -103,7 +120,14 @@ def add_region(guid: UUID, required: bool):
     def edit(d):
         at = REGION_TABLE_OFFSETS[0]
         count = int.from_bytes(d[at + 8 : at + 12], "little")
-        entry = RegionEntry.build(dict(guid=guid, file_offset=2 * MiB, length=MiB, flags=dict(reserved=0, required=required)))
+        entry = RegionEntry.build(
+            dict(
+                guid=guid,
+                file_offset=2 * MiB,
+                length=MiB,
+                flags=dict(reserved=0, required=required),
+            )
+        )
         d[at + 16 + count * 32 : at + 48 + count * 32] = entry
         d[at + 8 : at + 12] = (count + 1).to_bytes(4, "little")
 
@@ -135,7 +159,10 @@ def test_metadata_item_out_of_bounds_is_refused(clean, tmp_path):
 
 def test_missing_and_unknown_required_metadata_are_refused(clean, tmp_path):
     unknown = UUID("87654321-1234-5678-9abc-def012345678")
-    assert refused(damaged(clean, tmp_path, metadata_entry(0, item_id=unknown))).code == "vhdx.metadata-unknown-required"
+    assert (
+        refused(damaged(clean, tmp_path, metadata_entry(0, item_id=unknown))).code
+        == "vhdx.metadata-unknown-required"
+    )
     flags = dict(reserved=0, is_required=False, is_virtual_disk=False, is_user=True)
     path = damaged(clean, tmp_path, metadata_entry(0, item_id=unknown, flags=flags))
     assert refused(path).code == "vhdx.metadata-missing"  # the file parameters are gone
@@ -167,7 +194,15 @@ def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None):
 
     def edit(d):
         guid = mk.guid(0x10)
-        entry = bytearray(mk.log_entry(7, guid, [(mk.BAT_OFFSET, bytes(d[mk.BAT_OFFSET : mk.BAT_OFFSET + 4096]))], 0, len(d)))
+        entry = bytearray(
+            mk.log_entry(
+                7,
+                guid,
+                [(mk.BAT_OFFSET, bytes(d[mk.BAT_OFFSET : mk.BAT_OFFSET + 4096]))],
+                0,
+                len(d),
+            )
+        )
         if flushed is not None:
             head = LogEntryHeader.parse(bytes(entry[:64]))
             head.flushed_file_offset = flushed

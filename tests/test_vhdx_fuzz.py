@@ -9,10 +9,8 @@ CI runs 100 examples per test; set VHDTOOL_FUZZ_EXAMPLES=100000 for the long run
 from __future__ import annotations
 
 import os
-import shutil
 import tracemalloc
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,7 +63,14 @@ mutation = st.tuples(
 @given(
     name=st.sampled_from(["diff-child", "pending-log", "own-4k"]),
     mutations=st.lists(mutation, min_size=1, max_size=6),
-    wide=st.one_of(st.none(), st.tuples(st.sampled_from(AREAS), st.integers(0, 1 << 16), st.sampled_from([0, 1 << 20, 1 << 31, (1 << 64) - 1]))),
+    wide=st.one_of(
+        st.none(),
+        st.tuples(
+            st.sampled_from(AREAS),
+            st.integers(0, 1 << 16),
+            st.sampled_from([0, 1 << 20, 1 << 31, (1 << 64) - 1]),
+        ),
+    ),
     reseal=st.booleans(),
 )
 def test_mutated_vhdx_gives_only_vhderror(images, tmp_path, name, mutations, wide, reseal):

@@ -38,7 +38,7 @@ def sniff_bytes(head: bytes, size: int, fd: int) -> str:
 
 
 def sniff(path: str | os.PathLike) -> str:
-    """"vhd", "vhdx", "qcow2", "vmdk", "vdi" or "raw"."""
+    """ "vhd", "vhdx", "qcow2", "vmdk", "vdi" or "raw"."""
     fd, st = open_readonly(Path(path))
     try:
         return sniff_bytes(os.pread(fd, 512, 0), st.st_size, fd)
@@ -47,7 +47,7 @@ def sniff(path: str | os.PathLike) -> str:
 
 
 def readable_format(path: str | os.PathLike) -> str:
-    """"vhd", "vhdx" or "raw"; any other format is a FormatError saying how to convert it."""
+    """ "vhd", "vhdx" or "raw"; any other format is a FormatError saying how to convert it."""
     fmt = sniff(path)
     if fmt not in READABLE:
         raise unsupported(path, fmt)

@@ -33,7 +33,12 @@ from vhdtool.format.vhdx.header import (
     header_is_valid,
     parse_header,
 )
-from vhdtool.format.vhdx.identifier import IDENTIFIER_SIZE, SIGNATURE, creator_text, parse_identifier
+from vhdtool.format.vhdx.identifier import (
+    IDENTIFIER_SIZE,
+    SIGNATURE,
+    creator_text,
+    parse_identifier,
+)
 from vhdtool.format.vhdx.region import (
     BAT_REGION,
     KNOWN_REGIONS,
@@ -117,6 +122,8 @@ class VhdxDisk(Disk):
             elif state == PayloadState.PARTIALLY_PRESENT:
                 self._read_partial(block, within, view)
             elif state in (PayloadState.ZERO, PayloadState.UNMAPPED):
+                # Spec 2.5.1.1: ZERO is zeros in every file type, differencing included
+                # (libvhdi 20210425 reads the parent instead); UNMAPPED may read as zeros.
                 zero(view)
             else:  # NOT_PRESENT, UNDEFINED: nothing here, the parent's bytes if there is one
                 self._fill_absent(pos, view)
@@ -166,7 +173,11 @@ class VhdxDisk(Disk):
         blocks = batfmt.data_blocks(self.virtual_size, self.block_size)
         index = np.arange(blocks, dtype=np.int64)
         states = batfmt.states(self.bat[index + index // self.chunk_ratio])
-        file_data = None if self.overlay else ranges.SortedRanges(ranges.data_extents(self.fd, 0, self.file_size))
+        file_data = (
+            None
+            if self.overlay
+            else ranges.SortedRanges(ranges.data_extents(self.fd, 0, self.file_size))
+        )
         for block in np.flatnonzero(np.isin(states, batfmt.HOLDS_DATA)):
             block = int(block)
             start = block * self.block_size
@@ -174,7 +185,9 @@ class VhdxDisk(Disk):
             if states[block] == PayloadState.PARTIALLY_PRESENT:
                 count = ranges.ceil_div(end - start, self.logical_sector_size)
                 flags = self.sector_flags(block, 0, count)
-                yield from ranges.clip(ranges.true_runs(flags, self.logical_sector_size, start), start, end)
+                yield from ranges.clip(
+                    ranges.true_runs(flags, self.logical_sector_size, start), start, end
+                )
             elif file_data is None:
                 yield (start, end)
             else:
@@ -198,7 +211,7 @@ def open_vhdx(path: str | os.PathLike, *, _chain: tuple[Path, ...] = ()) -> Vhdx
             _read_structure(disk)
         except FormatError as exc:
             if exc.path is None:  # raised by a format declaration, which knows no file name
-                raise FormatError(exc.detail, path) from None
+                raise VhdxError("vhdx.malformed", exc.detail, path) from None
             raise
         if disk.has_parent:
             from vhdtool.disk.vhdx_parent import open_parent  # it opens parents with open_vhdx
@@ -212,7 +225,10 @@ def open_vhdx(path: str | os.PathLike, *, _chain: tuple[Path, ...] = ()) -> Vhdx
 
 def _read_structure(disk: VhdxDisk) -> None:
     if disk.file_size < HEADER_SECTION:
-        raise disk.refuse("vhdx.truncated", f"file is {disk.file_size} bytes, smaller than the 1 MiB VHDX header section")
+        raise disk.refuse(
+            "vhdx.truncated",
+            f"file is {disk.file_size} bytes, smaller than the 1 MiB VHDX header section",
+        )
     raw = os.pread(disk.fd, IDENTIFIER_SIZE, 0)
     if raw[:8] != SIGNATURE:
         raise disk.refuse("vhdx.not-vhdx", "not a VHDX: no 'vhdxfile' signature at offset 0")
@@ -254,10 +270,15 @@ def _read_headers(disk: VhdxDisk) -> None:
                 offset=offset,
             )
     if not valid:
-        raise disk.refuse("vhdx.headers-invalid", "both VHDX headers are damaged (bad signature or CRC-32C)")
+        raise disk.refuse(
+            "vhdx.headers-invalid", "both VHDX headers are damaged (bad signature or CRC-32C)"
+        )
     current = max(valid, key=lambda h: h.sequence_number)
     if current.version != HEADER_VERSION:
-        raise disk.refuse("vhdx.header-version", f"header version {current.version} (only {HEADER_VERSION} is defined)")
+        raise disk.refuse(
+            "vhdx.header-version",
+            f"header version {current.version} (only {HEADER_VERSION} is defined)",
+        )
     disk.current_header = current
 
 
@@ -289,16 +310,32 @@ def _read_regions(disk: VhdxDisk) -> None:
         if name is None:
             if entry.flags.required:
                 # Spec 2.2.3.2: a reader must fail to open a file with an unknown required region.
-                raise disk.refuse("vhdx.region-unknown-required", f"unknown required region {entry.guid}: written by a newer VHDX version")
-            disk.note("vhdx.region-unknown", "info", f"unknown optional region {entry.guid} ignored")
+                raise disk.refuse(
+                    "vhdx.region-unknown-required",
+                    f"unknown required region {entry.guid}: written by a newer VHDX version",
+                )
+            disk.note(
+                "vhdx.region-unknown", "info", f"unknown optional region {entry.guid} ignored"
+            )
             continue
         if entry.guid in found:
             raise disk.refuse("vhdx.region-duplicate", f"the {name} region is listed twice")
         end = entry.file_offset + entry.length
-        if entry.file_offset < HEADER_SECTION or entry.file_offset % MiB or entry.length % MiB or entry.length == 0:
-            raise disk.refuse("vhdx.region-alignment", f"{name} region at {entry.file_offset} (+{entry.length}) is not 1 MiB aligned after the header section")
+        if (
+            entry.file_offset < HEADER_SECTION
+            or entry.file_offset % MiB
+            or entry.length % MiB
+            or entry.length == 0
+        ):
+            raise disk.refuse(
+                "vhdx.region-alignment",
+                f"{name} region at {entry.file_offset} (+{entry.length}) is not 1 MiB aligned after the header section",
+            )
         if end > disk.replayed_size:
-            raise disk.refuse("vhdx.region-past-eof", f"{name} region ends at {end}, past the end of the {disk.replayed_size}-byte file")
+            raise disk.refuse(
+                "vhdx.region-past-eof",
+                f"{name} region ends at {end}, past the end of the {disk.replayed_size}-byte file",
+            )
         found[entry.guid] = entry
     for guid in (BAT_REGION, METADATA_REGION):
         if guid not in found:
@@ -312,31 +349,58 @@ def _read_metadata(disk: VhdxDisk) -> None:
         raise disk.refuse("vhdx.metadata-table", "metadata region is smaller than its 64 KiB table")
     table, entries = meta.parse_table(disk.pread(region.file_offset, meta.METADATA_TABLE_SIZE))
     if table.signature != meta.METADATA_SIGNATURE or table.entry_count > meta.MAX_METADATA_ENTRIES:
-        raise disk.refuse("vhdx.metadata-table", "no valid 'metadata' table at the start of the metadata region")
+        raise disk.refuse(
+            "vhdx.metadata-table", "no valid 'metadata' table at the start of the metadata region"
+        )
     items: dict[UUID, bytes] = {}
     for entry in entries:
         name = meta.KNOWN_ITEMS.get(entry.item_id, str(entry.item_id))
-        if entry.length and (entry.offset < meta.METADATA_TABLE_SIZE or entry.offset + entry.length > region.length):
-            raise disk.refuse("vhdx.metadata-out-of-bounds", f"metadata item {name} at {entry.offset} (+{entry.length}) lies outside the {region.length}-byte metadata region")
+        if entry.length and (
+            entry.offset < meta.METADATA_TABLE_SIZE or entry.offset + entry.length > region.length
+        ):
+            raise disk.refuse(
+                "vhdx.metadata-out-of-bounds",
+                f"metadata item {name} at {entry.offset} (+{entry.length}) lies outside the {region.length}-byte metadata region",
+            )
         if entry.item_id not in meta.KNOWN_ITEMS:
             if entry.flags.is_required:
-                raise disk.refuse("vhdx.metadata-unknown-required", f"unknown required metadata item {entry.item_id}")
-            disk.note("vhdx.metadata-unknown", "info", f"unknown optional metadata item {entry.item_id} ignored")
+                raise disk.refuse(
+                    "vhdx.metadata-unknown-required",
+                    f"unknown required metadata item {entry.item_id}",
+                )
+            disk.note(
+                "vhdx.metadata-unknown",
+                "info",
+                f"unknown optional metadata item {entry.item_id} ignored",
+            )
             continue
         items[entry.item_id] = disk.pread(region.file_offset + entry.offset, entry.length)
     for guid in REQUIRED_ITEMS:
         if guid not in items:
-            raise disk.refuse("vhdx.metadata-missing", f"required metadata item {meta.KNOWN_ITEMS[guid]} is missing")
+            raise disk.refuse(
+                "vhdx.metadata-missing",
+                f"required metadata item {meta.KNOWN_ITEMS[guid]} is missing",
+            )
     disk.metadata_items = items
     params = meta.parse_item(meta.FILE_PARAMETERS, items[meta.FILE_PARAMETERS])
     disk.block_size = params.block_size
     disk.leave_blocks_allocated = params.flags.leave_blocks_allocated
     disk.has_parent = params.flags.has_parent
-    disk.virtual_size = meta.parse_item(meta.VIRTUAL_DISK_SIZE, items[meta.VIRTUAL_DISK_SIZE]).virtual_disk_size
-    disk.logical_sector_size = meta.parse_item(meta.LOGICAL_SECTOR_SIZE, items[meta.LOGICAL_SECTOR_SIZE]).logical_sector_size
-    disk.physical_sector_size = meta.parse_item(meta.PHYSICAL_SECTOR_SIZE, items[meta.PHYSICAL_SECTOR_SIZE]).physical_sector_size
+    disk.virtual_size = meta.parse_item(
+        meta.VIRTUAL_DISK_SIZE, items[meta.VIRTUAL_DISK_SIZE]
+    ).virtual_disk_size
+    disk.logical_sector_size = meta.parse_item(
+        meta.LOGICAL_SECTOR_SIZE, items[meta.LOGICAL_SECTOR_SIZE]
+    ).logical_sector_size
+    disk.physical_sector_size = meta.parse_item(
+        meta.PHYSICAL_SECTOR_SIZE, items[meta.PHYSICAL_SECTOR_SIZE]
+    ).physical_sector_size
     page83 = items.get(meta.PAGE_83_DATA)
-    disk.page_83_data = meta.parse_item(meta.PAGE_83_DATA, page83).page_83_data if page83 and len(page83) >= 16 else None
+    disk.page_83_data = (
+        meta.parse_item(meta.PAGE_83_DATA, page83).page_83_data
+        if page83 and len(page83) >= 16
+        else None
+    )
     disk.parent_locator = None
     if meta.PARENT_LOCATOR in items:
         disk.parent_locator = meta.parse_parent_locator(items[meta.PARENT_LOCATOR])
@@ -346,13 +410,19 @@ def _read_metadata(disk: VhdxDisk) -> None:
 def _check_parameters(disk: VhdxDisk) -> None:
     bs, lss = disk.block_size, disk.logical_sector_size
     if not meta.MIN_BLOCK_SIZE <= bs <= meta.MAX_BLOCK_SIZE or bs & (bs - 1):
-        raise disk.refuse("vhdx.block-size", f"block size {bs} is not a power of two from 1 MiB to 256 MiB")
+        raise disk.refuse(
+            "vhdx.block-size", f"block size {bs} is not a power of two from 1 MiB to 256 MiB"
+        )
     for what, size in (("logical", lss), ("physical", disk.physical_sector_size)):
         if size not in meta.SECTOR_SIZES:
-            raise disk.refuse("vhdx.sector-size", f"{what} sector size {size} (512 or 4096 expected)")
+            raise disk.refuse(
+                "vhdx.sector-size", f"{what} sector size {size} (512 or 4096 expected)"
+            )
     vs = disk.virtual_size
     if not 0 < vs <= meta.MAX_VIRTUAL_DISK_SIZE or vs % lss:
-        raise disk.refuse("vhdx.virtual-size", f"virtual disk size {vs} is not a multiple of {lss} up to 64 TiB")
+        raise disk.refuse(
+            "vhdx.virtual-size", f"virtual disk size {vs} is not a multiple of {lss} up to 64 TiB"
+        )
     if lss != 512:
         disk.note(
             "vhdx.logical-sector-4k",
@@ -365,15 +435,23 @@ def _check_parameters(disk: VhdxDisk) -> None:
 
 
 def _read_bat(disk: VhdxDisk) -> None:
-    entries = batfmt.total_entries(disk.virtual_size, disk.block_size, disk.logical_sector_size, disk.has_parent)
+    entries = batfmt.total_entries(
+        disk.virtual_size, disk.block_size, disk.logical_sector_size, disk.has_parent
+    )
     region = disk.bat_region
     if entries * 8 > region.length:
-        raise disk.refuse("vhdx.bat-too-small", f"BAT region of {region.length} bytes cannot hold the {entries} entries the disk needs")
-    # Read whole chunks' worth so that the bitmap entry after the last chunk is always present.
+        raise disk.refuse(
+            "vhdx.bat-too-small",
+            f"BAT region of {region.length} bytes cannot hold the {entries} entries the disk needs",
+        )
     bat = batfmt.parse_bat(disk.pread(region.file_offset, entries * 8), entries)
-    padded = np.zeros(batfmt.bitmap_index(batfmt.data_blocks(disk.virtual_size, disk.block_size) - 1, disk.chunk_ratio) + 1, dtype=batfmt.BAT_DTYPE)
-    padded[: len(bat)] = bat[: len(padded)]
-    disk.bat = padded
+    # A dynamic file's table may stop after the last payload entry (spec 2.5): padded to whole
+    # chunks, every block has a sector bitmap entry (NOT_PRESENT) to look up.
+    whole_chunks = batfmt.total_entries(
+        disk.virtual_size, disk.block_size, disk.logical_sector_size, has_parent=True
+    )
+    disk.bat = np.zeros(whole_chunks, dtype=batfmt.BAT_DTYPE)
+    disk.bat[:entries] = bat
     _check_bat(disk, bat)
 
 
@@ -389,14 +467,25 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
     bad = np.flatnonzero(np.where(is_bitmap, ~bitmap_ok, ~payload_ok))
     if len(bad):
         i = int(bad[0])
-        raise disk.refuse("vhdx.bat-state", f"BAT entry {i} has invalid state {int(states[i])} ({len(bad)} such entries)")
+        raise disk.refuse(
+            "vhdx.bat-state",
+            f"BAT entry {i} has invalid state {int(states[i])} ({len(bad)} such entries)",
+        )
     sizes = np.where(is_bitmap, batfmt.SECTOR_BITMAP_BLOCK_SIZE, disk.block_size).astype(np.uint64)
-    holds = np.where(is_bitmap, states == batfmt.BitmapState.PRESENT, np.isin(states, batfmt.HOLDS_DATA))
+    holds = np.where(
+        is_bitmap, states == batfmt.BitmapState.PRESENT, np.isin(states, batfmt.HOLDS_DATA)
+    )
     offsets = batfmt.offsets(bat)
     low = holds & (offsets < HEADER_SECTION)
     past = holds & (offsets + sizes > np.uint64(disk.replayed_size))
-    for mask, code, what in ((low, "vhdx.bat-in-header", "inside the 1 MiB header section"), (past, "vhdx.bat-past-eof", f"past the end of the {disk.replayed_size}-byte file")):
+    for mask, code, what in (
+        (low, "vhdx.bat-in-header", "inside the 1 MiB header section"),
+        (past, "vhdx.bat-past-eof", f"past the end of the {disk.replayed_size}-byte file"),
+    ):
         hits = np.flatnonzero(mask)
         if len(hits):
             i = int(hits[0])
-            raise disk.refuse(code, f"BAT entry {i} points to offset {int(offsets[i])}, {what} ({len(hits)} such entries)")
+            raise disk.refuse(
+                code,
+                f"BAT entry {i} points to offset {int(offsets[i])}, {what} ({len(hits)} such entries)",
+            )

@@ -13,11 +13,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from construct import Container
 
+from vhdtool.disk.image import zero
+from vhdtool.disk.vhdx_errors import VhdxLogError
 from vhdtool.format.vhdx.checksum import vhdx_checksum
-from vhdtool.format.vhdx.header import MiB
+from vhdtool.format.vhdx.header import LOG_VERSION, MiB
 from vhdtool.format.vhdx.log import (
     DATA_DESCRIPTOR,
     DATA_SIGNATURE,
@@ -30,9 +31,11 @@ from vhdtool.format.vhdx.log import (
     LogEntryHeader,
     descriptor_sectors,
 )
-from vhdtool.disk.vhdx_errors import VhdxLogError
 
-MAX_LOG_LENGTH = 256 * MiB  # Hyper-V and QEMU write 1 MiB logs; bounds the work of a search
+# Hyper-V and QEMU write 1 MiB logs. These bound the memory and work of a replay: an entry is
+# read whole to check its CRC, and every write it holds is kept for the overlay.
+MAX_LOG_LENGTH = 16 * MiB
+MAX_WRITES = 16384
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Overlay:
             if s >= e:
                 continue
             if w.data_at is None:
-                np.frombuffer(buf[s - offset : e - offset], dtype=np.uint8)[:] = 0
+                zero(buf[s - offset : e - offset])
                 continue
             sector = w.leading + os.pread(self.fd, LOG_SECTOR, w.data_at)[8:4092] + w.trailing
             buf[s - offset : e - offset] = sector[s - w.file_offset : e - w.file_offset]
@@ -89,7 +92,9 @@ class LogReader:
         return self.offset + (index % self.sectors) * LOG_SECTOR
 
     def read(self, index: int, count: int) -> bytes:
-        return b"".join(os.pread(self.fd, LOG_SECTOR, self.sector_offset(index + i)) for i in range(count))
+        return b"".join(
+            os.pread(self.fd, LOG_SECTOR, self.sector_offset(index + i)) for i in range(count)
+        )
 
     def entry(self, index: int) -> Entry | None:
         index %= self.sectors
@@ -117,6 +122,8 @@ class LogReader:
         raw = self.read(index, sectors)
         if len(raw) < sectors * LOG_SECTOR or vhdx_checksum(raw) != head.checksum:
             return None
+        if head.descriptor_count > MAX_WRITES:
+            raise VhdxLogError(f"a log entry holds {head.descriptor_count} writes", self.path)
         entry = Entry(index, sectors, head)
         data_sector = index + descriptor_sectors(head.descriptor_count)
         for i in range(head.descriptor_count):
@@ -182,8 +189,8 @@ class LogReader:
 def replay(fd: int, file_size: int, header: Container, path: Path) -> Overlay | None:
     """The overlay of the header's log, or None when the log holds no active sequence."""
     offset, length = header.log_offset, header.log_length
-    if header.log_version != 0:
-        raise VhdxLogError(f"log version {header.log_version}, only 0 is defined", path)
+    if header.log_version != LOG_VERSION:
+        raise VhdxLogError(f"log version {header.log_version}, only {LOG_VERSION} is defined", path)
     if length == 0 or length % MiB or offset < MiB or offset % MiB:
         raise VhdxLogError(f"log of {length} bytes at offset {offset} is not 1 MiB aligned", path)
     if offset + length > file_size:
@@ -204,5 +211,9 @@ def replay(fd: int, file_size: int, header: Container, path: Path) -> Overlay | 
                 path,
             )
         writes.extend(entry.writes)
-        size = max(size, entry.header.last_file_offset, *(w.file_offset + w.length for w in entry.writes))
+        if len(writes) > MAX_WRITES:
+            raise VhdxLogError(f"the log holds more than {MAX_WRITES} writes", path)
+        size = max(
+            size, entry.header.last_file_offset, *(w.file_offset + w.length for w in entry.writes)
+        )
     return Overlay(fd, writes, size, len(entries))

@@ -11,15 +11,14 @@ made and reading through it would give wrong data. The spec defines only VHDX pa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from uuid import UUID
 
 from vhdtool.disk.image import MAX_CHAIN_DEPTH
 from vhdtool.disk.parents import is_file
+from vhdtool.disk.sniff import sniff
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.disk.vhdx_errors import VhdxError
-from vhdtool.format.vhdx.identifier import SIGNATURE
 from vhdtool.format.vhdx.metadata import VHDX_PARENT_LOCATOR_TYPE
 
 PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
@@ -34,7 +33,9 @@ def linkage(disk: VhdxDisk) -> set[UUID]:
             try:
                 out.add(UUID(pairs[key].strip()))
             except ValueError:
-                raise VhdxError("vhdx.parent-locator", f"{key} {pairs[key]!r} is not a GUID", disk.path) from None
+                raise VhdxError(
+                    "vhdx.parent-locator", f"{key} {pairs[key]!r} is not a GUID", disk.path
+                ) from None
     return out
 
 
@@ -52,12 +53,22 @@ def candidates(child: Path, key: str, text: str) -> list[Path]:
 
 def open_parent(child: VhdxDisk, chain: tuple[Path, ...]) -> VhdxDisk:
     if len(chain) > MAX_CHAIN_DEPTH:
-        raise VhdxError("vhdx.parent-cycle", f"differencing chain deeper than {MAX_CHAIN_DEPTH}: a cycle?", child.path)
+        raise VhdxError(
+            "vhdx.parent-cycle",
+            f"differencing chain deeper than {MAX_CHAIN_DEPTH}: a cycle?",
+            child.path,
+        )
     if child.parent_locator is None:
-        raise VhdxError("vhdx.parent-locator", "differencing VHDX without a parent locator", child.path)
+        raise VhdxError(
+            "vhdx.parent-locator", "differencing VHDX without a parent locator", child.path
+        )
     kind, pairs = child.parent_locator
     if kind != VHDX_PARENT_LOCATOR_TYPE:
-        raise VhdxError("vhdx.parent-locator", f"unknown parent locator type {kind} (only VHDX parents are defined)", child.path)
+        raise VhdxError(
+            "vhdx.parent-locator",
+            f"unknown parent locator type {kind} (only VHDX parents are defined)",
+            child.path,
+        )
     wanted = linkage(child)
     if not wanted:
         raise VhdxError("vhdx.parent-locator", "parent locator has no parent_linkage", child.path)
@@ -70,9 +81,17 @@ def open_parent(child: VhdxDisk, chain: tuple[Path, ...]) -> VhdxDisk:
             if not is_file(candidate):
                 continue
             if candidate.resolve() in chain:
-                raise VhdxError("vhdx.parent-cycle", f"differencing chain has a cycle through {candidate}", child.path)
-            if not _is_vhdx(candidate):
-                raise VhdxError("vhdx.parent-format", f"parent {candidate} is not a VHDX (the VHDX specification defines VHDX parents only)", child.path)
+                raise VhdxError(
+                    "vhdx.parent-cycle",
+                    f"differencing chain has a cycle through {candidate}",
+                    child.path,
+                )
+            if sniff(candidate) != "vhdx":
+                raise VhdxError(
+                    "vhdx.parent-format",
+                    f"parent {candidate} is not a VHDX (the VHDX specification defines VHDX parents only)",
+                    child.path,
+                )
             parent = open_vhdx(candidate, _chain=chain)
             if parent.current_header.data_write_guid in wanted:
                 return parent
@@ -85,9 +104,9 @@ def open_parent(child: VhdxDisk, chain: tuple[Path, ...]) -> VhdxDisk:
             "this differencing VHDX was made from (the parent was modified or replaced)",
             child.path,
         )
-    raise VhdxError("vhdx.parent-not-found", f"parent VHDX not found (tried {'; '.join(tried) or 'no path in the locator'})", child.path)
+    raise VhdxError(
+        "vhdx.parent-not-found",
+        f"parent VHDX not found (tried {'; '.join(tried) or 'no path in the locator'})",
+        child.path,
+    )
 
-
-def _is_vhdx(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(SIGNATURE)) == SIGNATURE

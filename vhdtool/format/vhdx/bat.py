@@ -41,7 +41,9 @@ def data_blocks(virtual_size: int, block_size: int) -> int:
     return -(-virtual_size // block_size)
 
 
-def total_entries(virtual_size: int, block_size: int, logical_sector_size: int, has_parent: bool) -> int:
+def total_entries(
+    virtual_size: int, block_size: int, logical_sector_size: int, has_parent: bool
+) -> int:
     """BAT entries the disk needs (spec 2.5): payload entries interleaved with bitmap entries.
 
     A dynamic file may stop after the last payload entry; a differencing file has every chunk's

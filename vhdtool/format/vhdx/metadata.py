@@ -59,7 +59,8 @@ assert MetadataTableHeader.sizeof() == MetadataEntry.sizeof() == 32
 
 FileParameters = Struct(
     "block_size" / Int32ul,  # power of two, 1 MiB to 256 MiB
-    "flags" / LeBits("reserved" / BitsInteger(30), "has_parent" / Flag, "leave_blocks_allocated" / Flag),
+    "flags"
+    / LeBits("reserved" / BitsInteger(30), "has_parent" / Flag, "leave_blocks_allocated" / Flag),
 )
 VirtualDiskSize = Struct("virtual_disk_size" / Int64ul)
 Page83Data = Struct("page_83_data" / Guid)
