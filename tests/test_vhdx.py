@@ -74,7 +74,7 @@ def test_block_sizes_of_the_qemu_fixtures(vhdx):
     assert sizes == {"qemu-1m": 1 * MiB, "qemu-8m": 8 * MiB, "qemu-32m": 32 * MiB}
 
 
-@pytest.mark.parametrize("name", QEMU_MADE + ["own-4k", "diff-base", "pending-log"])
+@pytest.mark.parametrize("name", QEMU_MADE + ["own-4k", "own-4k-32m", "diff-base", "pending-log"])
 def test_allocated_covers_only_present_blocks_and_everything_else_reads_zero(vhdx, name):
     with open_vhdx(vhdx[name]) as disk:
         image = np.frombuffer(disk.read(0, disk.virtual_size), dtype=np.uint8)
@@ -109,22 +109,25 @@ def test_zero_unmapped_and_discarded_blocks_are_never_read(vhdx, monkeypatch):
         assert {off for off, _ in reads} == present
 
 
-def test_4096_byte_logical_sectors(vhdx):
-    path = vhdx["own-4k"]
+@pytest.mark.parametrize(("name", "block_size"), [("own-4k", 1 * MiB), ("own-4k-32m", 32 * MiB)])
+def test_4096_byte_logical_sectors(vhdx, name, block_size):
+    path = vhdx[name]
     with open_vhdx(path) as disk:
         assert disk.logical_sector_size == 4096 == vhdi_sector_size(path)
-        assert disk.chunk_ratio == (1 << 23) * 4096 // MiB
+        assert disk.block_size == block_size
+        assert disk.chunk_ratio == (1 << 23) * 4096 // block_size
         assert [f.code for f in disk.findings] == ["vhdx.logical-sector-4k"]
         data = disk.read(0, disk.virtual_size)
-    assert data == vhdi_read([path])
-    assert data[:5000] == mk.pattern(1, 5000) and data[3 * MiB : 4 * MiB] == mk.pattern(2, MiB)
+    assert data == vhdi_read([path]) and data.strip(b"\0")
     # qemu 7.2 cannot open a 4096-byte-sector VHDX at all: libvhdi is the oracle here.
-    assert (
-        subprocess.run(
-            ["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True
-        ).returncode
-        != 0
-    )
+    info = subprocess.run(["qemu-img", "info", "-f", "vhdx", str(path)], capture_output=True)
+    assert info.returncode != 0
+
+
+def test_4096_byte_sector_contents(vhdx):
+    data = read_all(vhdx["own-4k"])
+    assert data[:5000] == mk.pattern(1, 5000) and data[3 * MiB : 4 * MiB] == mk.pattern(2, MiB)
+    assert not data[5000 : 3 * MiB].strip(b"\0") and not data[4 * MiB :].strip(b"\0")
 
 
 def test_differencing_reads_as_libvhdi_reads_the_chain(vhdx):
@@ -189,6 +192,22 @@ def test_parent_found_by_absolute_win32_path_basename_and_checked_by_linkage(vhd
     with pytest.raises(VhdxError) as err:
         open_vhdx(child)
     assert err.value.code == "vhdx.parent-mismatch" and str(child) in str(err.value)
+
+
+def test_parent_linkage2_is_accepted_and_a_cycle_refused(vhdx, tmp_path):
+    shutil.copy(vhdx["diff-base"], tmp_path / "diff-base.vhdx")
+    pairs = {
+        "parent_linkage": "{%s}" % mk.guid(0xBB),
+        "parent_linkage2": "{%s}" % mk.guid(0xBA),
+        "relative_path": ".\\diff-base.vhdx",
+    }
+    child = mk.write_vhdx(tmp_path / "c.vhdx", mk.VhdxSpec(size=6 * MiB, parent=pairs))
+    assert read_all(child) == read_all(vhdx["diff-base"])
+    own = {"parent_linkage": "{%s}" % mk.guid(0xC2), "relative_path": ".\\c.vhdx"}
+    mk.write_vhdx(child, mk.VhdxSpec(size=6 * MiB, parent=own, data_write_guid=mk.guid(0xC2)))
+    with pytest.raises(VhdxError) as err:
+        open_vhdx(child)
+    assert err.value.code == "vhdx.parent-cycle"
 
 
 def test_missing_parent_and_vhd_parent_are_refused(vhdx, tmp_path, fixtures_dir):
