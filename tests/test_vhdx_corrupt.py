@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from uuid import UUID
 
+import make_vhdx_fixtures as mk
 import pytest
 
-import make_vhdx_fixtures as mk
 from vhdtool.disk.sniff import open_vhdx
 from vhdtool.disk.vhdx_errors import VhdxError
 from vhdtool.errors import VhdError
@@ -193,7 +193,7 @@ def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None):
     """Headers naming a log of one entry; `flushed` overrides its FlushedFileOffset."""
 
     def edit(d):
-        guid = mk.guid(0x10)
+        guid = mk.LOG_GUID
         entry = bytearray(
             mk.log_entry(
                 7,
