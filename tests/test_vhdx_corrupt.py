@@ -15,7 +15,7 @@ from vhdtool.disk.vhdx_errors import VhdxError
 from vhdtool.errors import VhdError
 from vhdtool.format.vhdx.header import HEADER_OFFSETS, Header
 from vhdtool.format.vhdx.log import LogEntryHeader
-from vhdtool.format.vhdx.metadata import MetadataEntry
+from vhdtool.format.vhdx.metadata import VIRTUAL_DISK_SIZE, MetadataEntry
 from vhdtool.format.vhdx.region import REGION_TABLE_OFFSETS, RegionEntry
 
 MiB = 1024 * 1024
@@ -155,6 +155,20 @@ def metadata_entry(index: int, **changes):
 def test_metadata_item_out_of_bounds_is_refused(clean, tmp_path):
     err = refused(damaged(clean, tmp_path, metadata_entry(1, offset=MiB - 4)))
     assert err.code == "vhdx.metadata-out-of-bounds" and "virtual disk size" in str(err)
+
+
+def test_duplicate_and_oversized_metadata_items_are_refused(clean, tmp_path):
+    path = damaged(clean, tmp_path, metadata_entry(0, item_id=VIRTUAL_DISK_SIZE))
+    assert refused(path).code == "vhdx.metadata-duplicate"
+    path = damaged(clean, tmp_path, metadata_entry(4, length=MiB + 4096))
+    assert refused(path).code == "vhdx.metadata-out-of-bounds"  # the region is 1 MiB
+
+    def larger_region(d):
+        at = REGION_TABLE_OFFSETS[0] + 16 + 32 + 24  # entry 1 (metadata): its length
+        d[at : at + 4] = (3 * MiB).to_bytes(4, "little")
+        metadata_entry(4, length=MiB + 4096)(d)
+
+    assert refused(damaged(clean, tmp_path, larger_region)).code == "vhdx.metadata-item-size"
 
 
 def test_missing_and_unknown_required_metadata_are_refused(clean, tmp_path):

@@ -16,10 +16,10 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
-from vhdtool.errors import FormatError
 from vhdtool.disk.image import Disk, open_readonly, preadinto, zero
 from vhdtool.disk.vhdx_errors import Finding, VhdxError
 from vhdtool.disk.vhdx_log import Overlay, replay
+from vhdtool.errors import FormatError
 from vhdtool.format.vhdx import bat as batfmt
 from vhdtool.format.vhdx import metadata as meta
 from vhdtool.format.vhdx.bat import PayloadState
@@ -214,7 +214,9 @@ def open_vhdx(path: str | os.PathLike, *, _chain: tuple[Path, ...] = ()) -> Vhdx
                 raise VhdxError("vhdx.malformed", exc.detail, path) from None
             raise
         if disk.has_parent:
-            from vhdtool.disk.vhdx_parent import open_parent  # it opens parents with open_vhdx
+            from vhdtool.disk.vhdx_parent import (
+                open_parent,  # it opens parents with open_vhdx
+            )
 
             disk.parent = open_parent(disk, _chain + (path.resolve(),))
         return disk
@@ -374,6 +376,14 @@ def _read_metadata(disk: VhdxDisk) -> None:
                 f"unknown optional metadata item {entry.item_id} ignored",
             )
             continue
+        if entry.item_id in items:
+            raise disk.refuse("vhdx.metadata-duplicate", f"metadata item {name} is listed twice")
+        if entry.length > meta.MAX_ITEM_SIZE:
+            # Every defined item is a few bytes, a parent locator a few paths: bounds memory.
+            raise disk.refuse(
+                "vhdx.metadata-item-size",
+                f"metadata item {name} is {entry.length} bytes (at most {meta.MAX_ITEM_SIZE})",
+            )
         items[entry.item_id] = disk.pread(region.file_offset + entry.offset, entry.length)
     for guid in REQUIRED_ITEMS:
         if guid not in items:
