@@ -299,7 +299,8 @@ def _read_regions(disk: VhdxDisk) -> None:
         disk.note(
             "vhdx.region-checksum",
             "warning",
-            f"region table {number} at offset {offset} is damaged (bad signature, count or CRC-32C)",
+            f"region table {number} at offset {offset} is damaged "
+            "(bad signature, count or CRC-32C)",
             table=number,
             offset=offset,
         )
@@ -331,7 +332,8 @@ def _read_regions(disk: VhdxDisk) -> None:
         ):
             raise disk.refuse(
                 "vhdx.region-alignment",
-                f"{name} region at {entry.file_offset} (+{entry.length}) is not 1 MiB aligned after the header section",
+                f"{name} region at {entry.file_offset} (+{entry.length}) is not 1 MiB aligned "
+                "after the header section",
             )
         if end > disk.replayed_size:
             raise disk.refuse(
@@ -362,7 +364,8 @@ def _read_metadata(disk: VhdxDisk) -> None:
         ):
             raise disk.refuse(
                 "vhdx.metadata-out-of-bounds",
-                f"metadata item {name} at {entry.offset} (+{entry.length}) lies outside the {region.length}-byte metadata region",
+                f"metadata item {name} at {entry.offset} (+{entry.length}) lies outside the "
+                f"{region.length}-byte metadata region",
             )
         if entry.item_id not in meta.KNOWN_ITEMS:
             if entry.flags.is_required:
@@ -497,5 +500,6 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
             i = int(hits[0])
             raise disk.refuse(
                 code,
-                f"BAT entry {i} points to offset {int(offsets[i])}, {what} ({len(hits)} such entries)",
+                f"BAT entry {i} points to offset {int(offsets[i])}, {what} "
+                f"({len(hits)} such entries)",
             )

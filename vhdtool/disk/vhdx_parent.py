@@ -89,7 +89,8 @@ def open_parent(child: VhdxDisk, chain: tuple[Path, ...]) -> VhdxDisk:
             if sniff(candidate) != "vhdx":
                 raise VhdxError(
                     "vhdx.parent-format",
-                    f"parent {candidate} is not a VHDX (the VHDX specification defines VHDX parents only)",
+                    f"parent {candidate} is not a VHDX "
+                    "(the VHDX specification defines VHDX parents only)",
                     child.path,
                 )
             parent = open_vhdx(candidate, _chain=chain)
@@ -109,4 +110,3 @@ def open_parent(child: VhdxDisk, chain: tuple[Path, ...]) -> VhdxDisk:
         f"parent VHDX not found (tried {'; '.join(tried) or 'no path in the locator'})",
         child.path,
     )
-
