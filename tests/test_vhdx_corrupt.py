@@ -8,6 +8,7 @@ from pathlib import Path
 from uuid import UUID
 
 import make_vhdx_fixtures as mk
+import numpy as np
 import pytest
 
 from vhdtool.disk.sniff import open_vhdx
@@ -114,6 +115,20 @@ def test_bat_entry_in_header_section_and_bad_states_are_refused(clean, tmp_path)
             clean, tmp_path, lambda d: bat_entry(d, 1, mk.batfmt.build_entry(state, 4 * MiB))
         )
         assert refused(path).code == "vhdx.bat-state"
+
+
+def test_partial_block_without_its_sector_bitmap_is_refused(tmp_path):
+    flags = np.ones(MiB // 512, dtype=np.uint8)
+    spec = mk.VhdxSpec(
+        size=2 * MiB,
+        blocks={0: (mk.State.PARTIALLY_PRESENT, mk.pattern(1, MiB))},
+        present={0: flags},
+        parent={"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\p.vhdx"},
+    )
+    child = mk.write_vhdx(tmp_path / "c.vhdx", spec)
+    ratio = mk.batfmt.chunk_ratio(512, MiB)
+    damaged_child = damaged(child, tmp_path, lambda d: bat_entry(d, ratio, 0))
+    assert refused(damaged_child).code == "vhdx.bitmap-missing"
 
 
 def add_region(guid: UUID, required: bool):

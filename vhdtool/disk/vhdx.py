@@ -466,6 +466,7 @@ def _read_bat(disk: VhdxDisk) -> None:
     disk.bat = np.zeros(whole_chunks, dtype=batfmt.BAT_DTYPE)
     disk.bat[:entries] = bat
     _check_bat(disk, bat)
+    _check_bitmaps(disk)
 
 
 def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
@@ -503,3 +504,15 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
                 f"BAT entry {i} points to offset {int(offsets[i])}, {what} "
                 f"({len(hits)} such entries)",
             )
+
+
+def _check_bitmaps(disk: VhdxDisk) -> None:
+    """Spec 2.5.1.2: a chunk with a PARTIALLY_PRESENT block must have its sector bitmap."""
+    chunks = disk.bat.reshape(-1, disk.chunk_ratio + 1)
+    partial = (batfmt.states(chunks[:, :-1]) == PayloadState.PARTIALLY_PRESENT).any(axis=1)
+    missing = np.flatnonzero(partial & (batfmt.states(chunks[:, -1]) != batfmt.BitmapState.PRESENT))
+    if len(missing):
+        raise disk.refuse(
+            "vhdx.bitmap-missing",
+            f"chunk {int(missing[0])} has partially present blocks but no sector bitmap",
+        )
