@@ -14,6 +14,8 @@ from uuid import UUID
 import make_vhdx_fixtures as mk
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracles import run, vhdi_info, vhdi_read, vhdi_sector_size
 
 from vhdtool import ranges
@@ -258,3 +260,36 @@ def test_unaligned_reads_equal_slices_of_the_whole(vhdx):
                 start = rng.randrange(disk.virtual_size)
                 length = rng.randrange(min(3 * MiB, disk.virtual_size - start) + 1)
                 assert disk.read(start, length) == whole[start : start + length]
+
+
+@settings(max_examples=12, deadline=None, database=None)
+@given(
+    block=st.sampled_from(["1M", "8M", "32M"]),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["write -P 0x%02x", "write -z", "discard"]),
+            st.integers(0, 40 * 512 * 2048 - 1),  # offsets within 40 MiB, 512-byte aligned
+            st.integers(1, 6 * 2048),  # lengths up to 6 MiB, in sectors
+            st.integers(1, 255),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_random_qemu_io_writes_read_as_qemu_reads_them(tmp_path_factory, block, ops):
+    tmp = tmp_path_factory.mktemp("random")
+    size = 40 * MiB
+    cmds = []
+    for op, start, sectors, fill in ops:
+        start = start // 512 * 512 % size
+        length = min(sectors * 512, size - start)
+        cmd = op % fill if "%" in op else op
+        cmds.append(f"{cmd} {start} {length}")
+    path = mk.qemu_vhdx(tmp / "r.vhdx", "40M", block, cmds)
+    with open_vhdx(path) as disk:
+        mine = disk.read(0, disk.virtual_size)
+        covered = np.zeros(disk.virtual_size, dtype=bool)
+        for start, end in disk.allocated():
+            covered[start:end] = True
+    assert mine == qemu_vhdx_raw(path, tmp)
+    assert not np.frombuffer(mine, dtype=np.uint8)[~covered].any()  # nothing outside allocated
