@@ -24,12 +24,11 @@ from vhdtool.format.vhdx import bat as batfmt
 from vhdtool.format.vhdx import metadata as meta
 from vhdtool.format.vhdx.bat import PayloadState
 from vhdtool.format.vhdx.checksum import vhdx_checksum
-from vhdtool.format.vhdx.fields import ZERO_GUID
+from vhdtool.format.vhdx.fields import ZERO_GUID, MiB
 from vhdtool.format.vhdx.header import (
     HEADER_OFFSETS,
     HEADER_SIZE,
     HEADER_VERSION,
-    MiB,
     header_is_valid,
     parse_header,
 )

@@ -18,7 +18,8 @@ from construct import Container
 from vhdtool.disk.image import zero
 from vhdtool.disk.vhdx_errors import VhdxLogError
 from vhdtool.format.vhdx.checksum import vhdx_checksum
-from vhdtool.format.vhdx.header import LOG_VERSION, MiB
+from vhdtool.format.vhdx.fields import MiB
+from vhdtool.format.vhdx.header import LOG_VERSION
 from vhdtool.format.vhdx.log import (
     DATA_DESCRIPTOR,
     DATA_SIGNATURE,

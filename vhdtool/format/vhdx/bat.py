@@ -6,8 +6,8 @@ from enum import IntEnum
 import numpy as np
 
 from vhdtool.errors import FormatError
+from vhdtool.format.vhdx.fields import MiB
 
-MiB = 1024 * 1024
 BAT_DTYPE = np.dtype("<u8")
 STATE_MASK = 0x7
 OFFSET_SHIFT = 20  # bits 20-63 hold the offset in MiB: entry & ~(1 MiB - 1) is the byte offset

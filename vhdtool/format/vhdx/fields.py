@@ -1,4 +1,4 @@
-"""Field types shared by the VHDX structures: GUIDs and little-endian bit fields."""
+"""What the VHDX structures share: GUIDs, little-endian bit fields, and their size units."""
 
 from uuid import UUID
 
@@ -11,6 +11,7 @@ Guid = ExprAdapter(
     encoder=lambda guid, ctx: guid.bytes_le,
 )
 ZERO_GUID = UUID(int=0)
+KiB, MiB = 1024, 1024 * 1024  # the spec aligns everything to these
 
 
 def LeBits(*fields):

@@ -9,9 +9,8 @@ from construct import Bytes, Int16ul, Int32ul, Int64ul, Struct
 
 from vhdtool.format.vhd.checksum import parse_exact
 from vhdtool.format.vhdx.checksum import vhdx_checksum
-from vhdtool.format.vhdx.fields import Guid
+from vhdtool.format.vhdx.fields import Guid, KiB
 
-KiB, MiB = 1024, 1024 * 1024
 HEADER_SIZE = 4 * KiB
 HEADER_OFFSETS = (64 * KiB, 128 * KiB)
 HEADER_SIGNATURE = b"head"

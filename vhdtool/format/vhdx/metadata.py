@@ -6,9 +6,8 @@ from construct import Array, BitsInteger, Bytes, Flag, Int16ul, Int32ul, Int64ul
 
 from vhdtool.errors import FormatError
 from vhdtool.format.vhd.checksum import parse_exact
-from vhdtool.format.vhdx.fields import Guid, LeBits
+from vhdtool.format.vhdx.fields import Guid, KiB, LeBits, MiB
 
-KiB, MiB = 1024, 1024 * 1024
 METADATA_TABLE_SIZE = 64 * KiB
 METADATA_SIGNATURE = b"metadata"
 MAX_METADATA_ENTRIES = 2047

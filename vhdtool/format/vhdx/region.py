@@ -8,9 +8,8 @@ from uuid import UUID
 from construct import BitsInteger, Bytes, Flag, Int32ul, Int64ul, Struct
 
 from vhdtool.format.vhd.checksum import parse_exact
-from vhdtool.format.vhdx.fields import Guid, LeBits
+from vhdtool.format.vhdx.fields import Guid, KiB, LeBits
 
-KiB = 1024
 REGION_TABLE_SIZE = 64 * KiB
 REGION_TABLE_OFFSETS = (192 * KiB, 256 * KiB)
 REGION_SIGNATURE = b"regi"
