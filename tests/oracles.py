@@ -72,3 +72,9 @@ def vhdtool(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vhdtool.cli", *args], capture_output=True, text=True, check=check
     )
+
+
+def vhdi_sector_size(path: Path) -> int:
+    """vhdiinfo's bytes per sector (a VHDX's logical sector size)."""
+    text = run("vhdiinfo", str(path)).stdout
+    return int(re.search(r"Bytes per sector\s*:\s*(\d+)", text).group(1))
