@@ -111,7 +111,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
     path = report.path
     sound = repairable(report)
     prepare = prepare_command(path, target) if sound else None
-    align = command("vhdtool", "resize", "--align", "1MiB", path) if fixed and sound else prepare
+    align = command("vhdtool", "resize", "--align", path) if fixed and sound else prepare
     if footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING):
         kind = DiskType(footer.disk_type).name.lower()
         report.add(
