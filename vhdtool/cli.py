@@ -46,10 +46,10 @@ def show_version(value: bool) -> None:
 
 
 def set_quiet(value: bool) -> bool:
-    if value:
-        from vhdtool.engine import progress
+    # Called with the default too: a second run in the same process starts un-quiet.
+    from vhdtool.engine import progress
 
-        progress.quiet = True
+    progress.quiet = value
     return value
 
 

@@ -1,0 +1,56 @@
+"""Long work off a terminal: a progress line at a steady interval on stderr, none with --quiet."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import FIXTURES
+from vhdtool.engine.progress import LineReporter
+
+LINE = re.compile(r"^vhdtool: upload: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB) \(\d+%\), [\d.]+ \S+/s, ETA \d\d:\d\d:\d\d$")
+
+
+def upload(azurite, container, tmp_path, *extra: str) -> list[str]:
+    """Run an upload in a fresh process with stderr to a file (not a terminal); its lines."""
+    err = tmp_path / "stderr.txt"
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+           "VHDTOOL_PROGRESS_INTERVAL": "0"}  # a line per chunk: the fixture uploads in well under 10 s
+    with open(err, "w") as stderr:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vhdtool.cli", "upload", str(FIXTURES / "windows-dynamic-10m.vhd"),
+             "--container", container.container_name, "--name", f"p{len(extra)}.vhd", *extra],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+        )
+    assert proc.returncode == 0, err.read_text()
+    return err.read_text().splitlines()
+
+
+def test_upload_with_stderr_to_a_file_writes_progress_lines(azurite, container, tmp_path):
+    lines = upload(azurite, container, tmp_path)
+    assert lines and all(LINE.match(line) for line in lines), lines
+    done, total = re.match(r"vhdtool: upload: (.+) of (.+) \((\d+)%\)", lines[-1]).group(1, 2)
+    assert done == total == "128.0 KiB"  # the allocated blocks are all that is read
+
+
+def test_quiet_upload_writes_none(azurite, container, tmp_path):
+    assert upload(azurite, container, tmp_path, "--quiet") == []
+
+
+def test_lines_come_at_the_interval_with_rate_and_eta(monkeypatch, capsys):
+    now = [0.0]
+    counted = []
+    reporter = LineReporter("convert", lambda: counted.append(1) or 100 * 1024 * 1024, 10.0, clock=lambda: now[0])
+    now[0] = 5.0
+    reporter(10 * 1024 * 1024)
+    assert capsys.readouterr().err == "" and not counted  # before the interval: no line, no count
+    now[0] = 10.0
+    reporter(15 * 1024 * 1024)
+    now[0] = 15.0
+    reporter(1024)  # within the interval of the last line
+    assert capsys.readouterr().err == (
+        "vhdtool: convert: 25.0 MiB of 100.0 MiB (25%), 2.5 MiB/s, ETA 00:00:30\n"
+    )
+    assert counted == [1]
