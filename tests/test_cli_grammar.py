@@ -178,3 +178,10 @@ def test_transfer_json_shapes(cli, azurite, container):
     down = cli("download", *target, "-o", str(Path(container.container_name + ".vhd").absolute()), "--json", env=env)
     Path(container.container_name + ".vhd").unlink()
     assert down.code == 0 and keys(down) == SHAPES["download"]
+
+
+def test_check_findings_carry_their_numbers(cli):
+    outcome = cli("check", str(FIXTURES / "qemu-fixed-2m.vhd"), "--json")
+    by_code = {f["code"]: f for f in json.loads(outcome.out)["findings"]}
+    assert by_code["azure.size-not-mib"]["virtual_size"] == 2_123_776
+    assert by_code["azure.size-not-mib"]["aligned_size"] == 3 * 1024 * 1024

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FIXTURES
 from vhdtool.engine.progress import LineReporter
 
@@ -54,3 +56,23 @@ def test_lines_come_at_the_interval_with_rate_and_eta(monkeypatch, capsys):
         "vhdtool: convert: 25.0 MiB of 100.0 MiB (25%), 2.5 MiB/s, ETA 00:00:30\n"
     )
     assert counted == [1]
+
+
+def test_failure_before_anything_was_sent_does_not_promise_a_resume(azurite, container):
+    from faultproxy import FaultProxy, Faults
+
+    from vhdtool.azure.location import BlobLocation
+    from vhdtool.azure.retry import RetryPolicy, TransferError
+    from vhdtool.workflows.upload import UploadOptions
+    from vhdtool.workflows.upload import upload as do_upload
+
+    down = Faults(rate=1.0, max_faults=1000, kinds=("503",))
+    with FaultProxy(azurite.port, down) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        where = BlobLocation.from_connection_string(conn, container.container_name, "n.vhd")
+        with pytest.raises(TransferError) as failed:
+            do_upload(FIXTURES / "windows-fixed-10m.vhd", where,
+                      UploadOptions(workers=2, retry=RetryPolicy(attempts=2, base_delay=0.01)))
+    message = str(failed.value)
+    assert failed.value.exit_code == 3 and "before any page was sent" in message
+    assert "missing pages" not in message and message.endswith("run the same command again")
