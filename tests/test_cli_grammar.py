@@ -185,3 +185,21 @@ def test_check_findings_carry_their_numbers(cli):
     by_code = {f["code"]: f for f in json.loads(outcome.out)["findings"]}
     assert by_code["azure.size-not-mib"]["virtual_size"] == 2_123_776
     assert by_code["azure.size-not-mib"]["aligned_size"] == 3 * 1024 * 1024
+
+
+@pytest.mark.parametrize("command", ["info", "map", "upload"])
+def test_a_file_without_footer_gets_the_raw_hint(cli, tmp_path, command):
+    raw = tmp_path / "disk.bin"  # no .raw/.img name: not taken as raw by itself
+    raw.write_bytes((FIXTURES / "raw-3m.img").read_bytes())
+    outcome = cli(command, str(raw), *(["https://a.blob.core.windows.net/cont/b.vhd?sig=x"] if command == "upload" else []))
+    assert outcome.code == 2 and len(outcome.err.splitlines()) == 1
+    assert "not a VHD" in outcome.err and "--raw" in outcome.err
+
+
+def test_raw_flag_reads_a_raw_image(cli, tmp_path):
+    raw = tmp_path / "disk.bin"
+    raw.write_bytes((FIXTURES / "raw-3m.img").read_bytes())
+    outcome = cli("convert", str(raw), str(tmp_path / "d.vhd"), "--to", "fixed", "--raw", "--json")
+    assert outcome.code == 0 and json.loads(outcome.out)["virtual_size"] == 3 * 1024 * 1024
+    contradiction = cli("convert", str(raw), str(tmp_path / "e.vhd"), "--to", "fixed", "--raw", "--from", "vhd")
+    assert contradiction.code == 2 and "contradict" in contradiction.err

@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
-from vhdtool.errors import EXIT_UNUSABLE, VhdError
+from vhdtool.errors import EXIT_UNUSABLE, NotVhdError, VhdError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 from vhdtool.redaction import redact
@@ -683,6 +683,9 @@ def main() -> None:
         code = app(prog_name="vhdtool", standalone_mode=False)
     except Interrupted as exc:
         fail(str(exc), exc.exit_code)
+    except NotVhdError as exc:
+        fail(f"error: {exc} (a raw disk image? info, convert and prepare read one with --raw; "
+             "vhdtool prepare FILE --raw makes the fixed VHD Azure takes)", exc.exit_code)
     except VhdError as exc:
         fail(f"error: {exc}", exc.exit_code)
     except (KeyboardInterrupt, click.exceptions.Abort):
