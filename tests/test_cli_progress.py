@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,3 +78,26 @@ def test_failure_before_anything_was_sent_does_not_promise_a_resume(azurite, con
     message = str(failed.value)
     assert failed.value.exit_code == 3 and "before any page was sent" in message
     assert "missing pages" not in message and message.endswith("run the same command again")
+
+
+def test_ctrl_c_exits_130_and_says_to_rerun(azurite, container, tmp_path):
+    from faultproxy import FaultProxy, Faults
+    from test_upload import scattered_vhd
+
+    src = scattered_vhd(tmp_path / "i.vhd", 16 * 1024 * 1024, pieces=24, seed=3)
+    slow = Faults(delay=0.2, only=lambda r: r.is_put_page)  # long enough to be interrupted
+    err = tmp_path / "stderr.txt"
+    with FaultProxy(azurite.port, slow) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "VHDTOOL_PROGRESS_INTERVAL": "0"}
+        with open(err, "w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "vhdtool.cli", "upload", str(src), "--container",
+                                     container.container_name, "--name", "i.vhd", "--workers", "2"],
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+            deadline = time.monotonic() + 60
+            while "vhdtool: upload:" not in err.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the first progress line: pages are on their way
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=60)
+    assert code == 130
+    assert err.read_text().splitlines()[-1] == "vhdtool: upload interrupted: run the same command again to resume"
