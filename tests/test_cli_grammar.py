@@ -203,3 +203,11 @@ def test_raw_flag_reads_a_raw_image(cli, tmp_path):
     assert outcome.code == 0 and json.loads(outcome.out)["virtual_size"] == 3 * 1024 * 1024
     contradiction = cli("convert", str(raw), str(tmp_path / "e.vhd"), "--to", "fixed", "--raw", "--from", "vhd")
     assert contradiction.code == 2 and "contradict" in contradiction.err
+
+
+@pytest.mark.parametrize("to", ["fixed", "dynamic", "raw"])
+def test_convert_data_bytes_are_the_disks_not_the_footers(cli, tmp_path, to):
+    src = str(FIXTURES / "windows-dynamic-10m.vhd")
+    mapped = json.loads(cli("map", src, "--json").out)["data_bytes"]
+    done = cli("convert", src, str(tmp_path / f"o.{to}"), "--to", to, "--json")
+    assert json.loads(done.out)["data_bytes"] == mapped == 77_824

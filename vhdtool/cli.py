@@ -228,7 +228,7 @@ def snapshot(
     done = take(src, out, verify=verify, force=force)
     if as_json:
         return emit_json(result_dict(done))
-    how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} of data written"
+    how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} written"  # file bytes: footer too
     typer.echo(f"snapshot {done.path}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
 
 
@@ -382,7 +382,7 @@ def upload(
     the same command again to resume).
     """
     from vhdtool.azure.address import blob_from_args
-    from vhdtool.units import format_size
+    from vhdtool.units import format_size, plural
     from vhdtool.workflows.upload import UploadOptions
     from vhdtool.workflows.upload import upload as do_upload
 
@@ -398,8 +398,8 @@ def upload(
     else:
         typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} page blob"
                    f"{', resumed' if done.resumed else ''})")
-        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
-        typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
+        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of pages (footer included) in {plural(done.requests, 'Put Page request')}")
+        typer.echo(f"  skipped:  {plural(done.zero_pages, 'zero page')}; {done.present_bytes:,} bytes already on the blob")
     typer.echo(f"  retries:  {done.retries}")
     if done.content_md5:
         typer.echo(f"  md5:      {done.content_md5}")
@@ -447,7 +447,7 @@ def download(
     checked = "Content-MD5 checked" if done.md5_checked else "no Content-MD5 on the blob"
     typer.echo(f"downloaded {location} -> {done.path}: {format_size(done.size)}, "
                f"{format_size(done.fetched_bytes)} fetched, {format_size(done.written_bytes)} of data written, "
-               f"{checked}, {done.retries} retries, {done.seconds:.2f} s")
+               f"{checked}, {plural(done.retries, 'retry', 'retries')}, {done.seconds:.2f} s")
 
 
 @app.command()

@@ -65,6 +65,6 @@ def format_rate(bytes_per_second: float) -> str:
     return f"{format_short(bytes_per_second)}/s"
 
 
-def plural(count: int, noun: str) -> str:
-    """'1 page', '2 pages', '1,024 bytes'."""
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """'1 page', '2 pages', '1,024 bytes'; `nouns` for an irregular plural (retries)."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
