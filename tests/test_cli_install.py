@@ -79,3 +79,34 @@ def test_quick_start_with_debians_python_as_root(tmp_path):
     proc = run_quick_start(clone, tmp_path, env)
     assert (clone / ".venv" / "bin" / "vhdtool").exists()
     assert "vhdtool is in ./.venv" in proc.stderr
+
+
+def fake_tools(tmp_path: Path, uid: int) -> dict[str, str]:
+    """PATH with Debian's python3 lacking ensurepip (no python3-venv), `id -u` answering `uid`,
+    and an apt-get that only records its arguments: the set-up's decisions, simulated."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        '#!/bin/sh\n[ "$2" = "import ensurepip" ] && exit 1\nexec /usr/bin/python3 "$@"\n')
+    (bin_dir / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "apt.log"}\n[ "$1" = update ] || exit 9\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+@pytest.mark.skipif(not debian_externally_managed(), reason="needs Debian's externally managed /usr/bin/python3")
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_without_python3_venv(tmp_path, uid):
+    clone = fresh_clone(tmp_path)
+    proc = subprocess.run(["bash", "install.sh"], cwd=clone, env=fake_tools(tmp_path, uid), capture_output=True, text=True)
+    apt = tmp_path / "apt.log"
+    if uid:  # a normal user is told what to install; nothing is tried
+        assert proc.returncode == 2 and not apt.exists()
+        assert proc.stderr == ("install.sh: needs Debian package python3-venv: run as root or "
+                               "'sudo apt-get install python3-venv'\n")
+    else:  # root installs it (the fake apt-get's install then fails, which stops the script)
+        assert proc.returncode == 9 and apt.read_text().splitlines() == ["update -qq", "install -y -qq python3-venv"]
+    assert not (clone / ".venv").exists()
