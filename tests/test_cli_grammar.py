@@ -211,3 +211,8 @@ def test_convert_data_bytes_are_the_disks_not_the_footers(cli, tmp_path, to):
     mapped = json.loads(cli("map", src, "--json").out)["data_bytes"]
     done = cli("convert", src, str(tmp_path / f"o.{to}"), "--to", to, "--json")
     assert json.loads(done.out)["data_bytes"] == mapped == 77_824
+
+
+def test_info_takes_a_raw_image_by_the_name_rule_of_convert(cli):
+    outcome = cli("info", str(FIXTURES / "raw-3m.img"), "--json")  # no footer, named .img
+    assert outcome.code == 0 and json.loads(outcome.out)["virtual_size"] == 3 * 1024 * 1024
