@@ -531,6 +531,7 @@ def image_capture(
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Capture a VM's disks as image NAME, as Azure does.
 
@@ -591,6 +592,7 @@ def image_deploy(
     container: StoreContainerOpt = None,
     connection_string: ConnOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Deploy a VM from image NAME: fresh copies of its disks and a VM record.
 
