@@ -216,3 +216,10 @@ def test_convert_data_bytes_are_the_disks_not_the_footers(cli, tmp_path, to):
 def test_info_takes_a_raw_image_by_the_name_rule_of_convert(cli):
     outcome = cli("info", str(FIXTURES / "raw-3m.img"), "--json")  # no footer, named .img
     assert outcome.code == 0 and json.loads(outcome.out)["virtual_size"] == 3 * 1024 * 1024
+
+
+def test_plurals(cli):
+    one = cli("map", str(FIXTURES / "qemu-fixed-forcesize-3m.vhd"))
+    assert one.out.splitlines()[-1].startswith("1 run, 512 bytes of data")
+    two = cli("map", str(FIXTURES / "qemu-fixed-2m.vhd"))
+    assert two.out.splitlines()[-1].startswith("2 runs, ")
