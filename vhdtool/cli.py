@@ -39,9 +39,9 @@ app = typer.Typer(
 
 def show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from vhdtool import __version__  # not the installed metadata: works from a clone too
 
-        typer.echo(f"vhdtool {version('vhdtool')}")
+        typer.echo(f"vhdtool {__version__}")
         raise typer.Exit()
 
 
