@@ -14,7 +14,7 @@ import pytest
 from conftest import FIXTURES
 from vhdtool.engine.progress import LineReporter
 
-LINE = re.compile(r"^vhdtool: upload: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB) \(\d+%\), [\d.]+ \S+/s, ETA \d\d:\d\d:\d\d$")
+LINE = re.compile(r"^vhdtool: upload: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB) \(\d+%\), [\d.]+ \S+/s, ETA \d+:\d\d:\d\d$")
 
 
 def upload(azurite, container, tmp_path, *extra: str) -> list[str]:
@@ -55,7 +55,7 @@ def test_lines_come_at_the_interval_with_rate_and_eta(monkeypatch, capsys):
     now[0] = 15.0
     reporter(1024)  # within the interval of the last line
     assert capsys.readouterr().err == (
-        "vhdtool: convert: 25.0 MiB of 100.0 MiB (25%), 2.5 MiB/s, ETA 00:00:30\n"
+        "vhdtool: convert: 25.0 MiB of 100.0 MiB (25%), 2.5 MiB/s, ETA 0:00:30\n"
     )
     assert counted == [1]
 
@@ -101,3 +101,11 @@ def test_ctrl_c_exits_130_and_says_to_rerun(azurite, container, tmp_path):
             code = proc.wait(timeout=60)
     assert code == 130
     assert err.read_text().splitlines()[-1] == "vhdtool: upload interrupted: run the same command again to resume"
+
+
+def test_eta_past_a_day(capsys):
+    now = [0.0]
+    reporter = LineReporter("upload", lambda: 2 * 1024**4, 10.0, clock=lambda: now[0])
+    now[0] = 10.0
+    reporter(10 * 1024 * 1024)  # 1 MiB/s: 2 TiB take 24 days
+    assert capsys.readouterr().err.endswith(", 1.0 MiB/s, ETA 582:32:22\n")

@@ -52,8 +52,8 @@ class LineReporter:
             text += f" ({100 * self.done // self.total}%)"
         text += f", {format_rate(rate)}"
         if rate > 0 and self.total:
-            left = max(self.total - self.done, 0) / rate
-            text += f", ETA {time.strftime('%H:%M:%S', time.gmtime(left))}"
+            minutes, seconds = divmod(round(max(self.total - self.done, 0) / rate), 60)
+            text += f", ETA {minutes // 60}:{minutes % 60:02}:{seconds:02}"  # hours past 24 too
         return text
 
     @staticmethod
