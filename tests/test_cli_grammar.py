@@ -223,3 +223,11 @@ def test_plurals(cli):
     assert one.out.splitlines()[-1].startswith("1 run, 512 bytes of data")
     two = cli("map", str(FIXTURES / "qemu-fixed-2m.vhd"))
     assert two.out.splitlines()[-1].startswith("2 runs, ")
+
+
+def test_download_summary_says_retries_in_words(cli, azurite, container, tmp_path):
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    target = ["--container", container.container_name, "--name", "w.vhd"]
+    assert cli("upload", str(FIXTURES / "windows-fixed-10m.vhd"), *target, env=env).code == 0
+    down = cli("download", *target, "-o", str(tmp_path / "w.vhd"), env=env)
+    assert down.code == 0 and ", 0 retries, " in down.out

@@ -430,7 +430,7 @@ def download(
     from vhdtool.azure.address import blob_from_args, is_blob_url
     from vhdtool.workflows.download import DownloadOptions
     from vhdtool.workflows.download import download as do_download
-    from vhdtool.units import format_size
+    from vhdtool.units import format_size, plural
 
     if src is not None and not is_blob_url(src) and dest is None and output is None:
         src, output = None, Path(src)  # `download --container C --name N FILE`
