@@ -9,11 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Debian 12 keeps its python3 for apt (PEP 668, "externally managed"): there the Python tools
-# go into ./.venv instead, which needs python3-venv.
-stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
-use_venv=
-[ -z "${VIRTUAL_ENV:-}" ] && [ -f "$stdlib/EXTERNALLY-MANAGED" ] && use_venv=1
+. ./python-env.sh  # where python3 is externally managed, the Python tools go into ./.venv
 
 missing=()
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || missing+=(qemu-utils)
@@ -23,7 +19,7 @@ command -v npm >/dev/null || missing+=(npm)  # Azurite runs on Node.js
 [ -x /usr/sbin/sfdisk ] && [ -x /usr/sbin/fdisk ] || missing+=(fdisk)  # partition fixtures
 [ -x /usr/sbin/sgdisk ] || missing+=(gdisk)  # partition fixtures
 [ -x /usr/bin/time ] || missing+=(time)  # GNU time: peak memory in the bench tests
-[ -n "$use_venv" ] && ! python3 -c 'import ensurepip' 2>/dev/null && missing+=(python3-venv)
+missing+=($(venv_packages))
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: needs Debian packages ${missing[*]}: run as root or 'sudo apt-get install ${missing[*]}'" >&2
@@ -33,11 +29,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-python=python3
-if [ -n "$use_venv" ]; then
-  [ -x .venv/bin/python3 ] || python3 -m venv .venv
-  python=.venv/bin/python3
-fi
+python=$(venv_python)
 "$python" -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
 "$python" tests/azurite.py install >/dev/null
 exec "$python" -m pytest -q "$@"

@@ -64,7 +64,7 @@ def test_qemu_img_1g_fixed_fails_mib_alignment(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[1].split()[:2] == ["error", "azure.size-not-mib"]
     assert "the virtual size is 1,073,995,776 bytes (1024.24 MiB), not a whole number of MiB" in lines[1]
-    assert lines[2].split("fix: ")[1] == f"vhdtool resize --align 1MiB {path}"
+    assert lines[2].split("fix: ")[1] == f"vhdtool resize --align {path}"
     assert lines[3] == "verdict: FAIL for target azure: 1 error, 0 warnings"
 
 

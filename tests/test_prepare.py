@@ -33,7 +33,7 @@ def test_qemu_1g_fixed_becomes_the_next_whole_mib(tmp_path):
     proc = vhdtool("prepare", str(src))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = tmp_path / "q-azure.vhd"
-    assert "1,073,995,776 bytes" in proc.stdout and "1,074,790,400 bytes" in proc.stdout
+    assert "1,073,995,776 -> 1,074,790,400 bytes" in proc.stdout  # exact: rounded, both are 1.00 GiB
     assert out.stat().st_size == 1_074_790_400 + 512
     assert out.stat().st_blocks * 512 <= 256 * 1024  # only the data and the footer
     assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == 1_074_790_400

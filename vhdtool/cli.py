@@ -8,29 +8,62 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
-from vhdtool.errors import EXIT_UNUSABLE, VhdError
+from vhdtool.errors import EXIT_UNUSABLE, NotVhdError, VhdError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 from vhdtool.redaction import redact
+
+HELP = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="vhdtool",
     help=(
         "Validate, convert, snapshot and upload VHD disk images to Azure.\n\n"
         "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage, 3 network gave up "
-        "after retries (re-run to resume)."
+        "after retries (re-run to resume), 130 interrupted (Ctrl-C)."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+
+def show_version(value: bool) -> None:
+    if value:
+        from vhdtool import __version__  # not the installed metadata: works from a clone too
+
+        typer.echo(f"vhdtool {__version__}")
+        raise typer.Exit()
+
+
+def set_quiet(value: bool) -> bool:
+    # Called with the default too: a second run in the same process starts un-quiet.
+    from vhdtool.engine import progress
+
+    progress.quiet = value
+    return value
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=show_version, is_eager=True)] = False,
+) -> None:
+    """Validate, convert, snapshot and upload VHD disk images to Azure."""
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (shapes: see README).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.", callback=set_quiet)]
+AlignOpt = Annotated[bool, typer.Option("--align", help="Round a virtual size that is not whole MiB up to the next MiB, as Azure requires.")]
 AuthOpt = Annotated[str, typer.Option("--auth", help="Azure: auto (the SAS or key given, else Azure AD sign-in for an https URL), login (Azure AD: environment service principal, managed identity or `az login`), anonymous (public container).")]
 AllowHttpOpt = Annotated[bool, typer.Option("--allow-http", help="Azure: allow a SAS, key or token to go over plain http to a host that is not loopback.")]
 
@@ -48,14 +81,29 @@ class CreateType(str, Enum):
 
 
 def emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2)
+    json.dump(data, sys.stdout, indent=2, default=str)  # default: paths
     sys.stdout.write("\n")
 
 
-def size_arg(text: str) -> int:
-    from vhdtool.units import parse_size
+def result_dict(result: Any, **extra: Any) -> dict[str, Any]:
+    """A workflow's result dataclass as the JSON object a result command prints."""
+    from dataclasses import asdict
 
-    return parse_size(text)
+    return {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}, **extra}
+
+
+def warn(message: str) -> None:
+    typer.echo(f"vhdtool: warning: {redact(message)}", err=True)
+
+
+def size_arg(text: str) -> int:
+    """A size the user typed; one typed in decimal units (1GB) is said to be decimal."""
+    from vhdtool.units import decimal_note, parse_size
+
+    size = parse_size(text)
+    if note := decimal_note(text):
+        warn(note)
+    return size
 
 
 @app.command()
@@ -79,7 +127,15 @@ def info(
     else:
         from vhdtool.workflows.info import describe
 
-        data = describe(image, raw=raw)
+        try:
+            data = describe(image, raw=raw)
+        except (VhdError, OSError) as exc:
+            if not as_json:
+                raise
+            # As check --json: a JSON answer even when the file is unusable.
+            message = exc.detail if isinstance(exc, VhdError) else exc.strerror or str(exc)
+            emit_json({"path": redact(image), "error": redact(message), "exit_code": EXIT_UNUSABLE})
+            sys.exit(EXIT_UNUSABLE)
     emit_json(data) if as_json else print_info(data)
 
 
@@ -90,6 +146,7 @@ def create(
     disk_type: Annotated[CreateType, typer.Option("--type", help="fixed (sparse on disk) or dynamic.")] = CreateType.fixed,
     block_size: Annotated[str, typer.Option("--block-size", help="Dynamic block size.")] = "2MiB",
     force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create an empty VHD that qemu-img, libvhdi, Hyper-V and Azure read at exactly SIZE.
 
@@ -102,38 +159,47 @@ def create(
     kind = DiskType.FIXED if disk_type == CreateType.fixed else DiskType.DYNAMIC
     footer, warnings = do_create(out, size_arg(size), kind, block_size=size_arg(block_size), force=force)
     for w in warnings:
-        typer.echo(f"vhdtool: warning: {w}", err=True)
-    typer.echo(f"created {out}: {disk_type.value} VHD, {footer.current_size:,} bytes")
+        warn(w)
+    if as_json:
+        emit_json({"path": str(out), "type": disk_type.value, "virtual_size": footer.current_size, "warnings": warnings})
+    else:
+        typer.echo(f"created {out}: {disk_type.value} VHD, {footer.current_size:,} bytes")
 
 
 @app.command()
 def resize(
     image: Annotated[Path, typer.Argument(help="Fixed or dynamic VHD, resized in place unless -o is given.")],
     size: Annotated[Optional[str], typer.Option("--size", help="New virtual size: 20GiB, 1073741824.")] = None,
-    align: Annotated[Optional[str], typer.Option("--align", help="Round the size up to a multiple of this (1MiB for Azure).")] = None,
+    align: AlignOpt = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Resize a sparse copy written here instead.")] = None,
-    allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Allow a smaller size.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Shrink even over non-zero data; overwrite an existing OUTPUT.")] = False,
+    allow_shrink: Annotated[bool, typer.Option("--allow-shrink", help="Allow a smaller size when what is cut off is all zeros.")] = False,
+    discard_data: Annotated[bool, typer.Option("--discard-data", help="Shrink even when what is cut off holds data (it is lost).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing OUTPUT.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Change the virtual size without copying data.
 
     A fixed image grows by a hole; a dynamic one within its BAT's room. The footer keeps
     its UUID."""
+    from vhdtool.workflows.resize import AZURE_ALIGN
     from vhdtool.workflows.resize import resize as do_resize
-    from vhdtool.units import format_size
+    from vhdtool.units import format_change, format_size
 
     done = do_resize(
         image,
         size=None if size is None else size_arg(size),
-        align=None if align is None else size_arg(align),
+        align=AZURE_ALIGN if align else None,
         out=output,
-        allow_shrink=allow_shrink,
+        allow_shrink=allow_shrink or discard_data,
+        discard_data=discard_data,
         force=force,
     )
-    if done.old_size == done.new_size and output is None:
+    if as_json:
+        emit_json(result_dict(done))
+    elif done.old_size == done.new_size and output is None:
         typer.echo(f"{image}: already {format_size(done.new_size)}, nothing to do")
     else:
-        typer.echo(f"resized {done.path}: {format_size(done.old_size)} -> {format_size(done.new_size)}")
+        typer.echo(f"resized {done.path}: {format_change(done.old_size, done.new_size)}")
 
 
 @app.command("map")
@@ -141,6 +207,7 @@ def map_(
     image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
     as_json: JsonOpt = False,
     granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512).")] = "512",
+    quiet: QuietOpt = False,
 ) -> None:
     """List the non-zero runs (start, length) of the virtual disk and how much data it holds.
 
@@ -156,7 +223,9 @@ def snapshot(
     src: Annotated[Path, typer.Argument(help="VHD file to copy (any type; read only).")],
     out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Destination (default: <stem>-snapshot-YYYY-MM-DD[-NN].vhd next to SRC).")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read both files and compare them.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o destination.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing -o destination.")] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Copy an image file byte for byte, sparse where it has holes or zero pages.
 
@@ -168,7 +237,9 @@ def snapshot(
     from vhdtool.units import format_size
 
     done = take(src, out, verify=verify, force=force)
-    how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} of data written"
+    if as_json:
+        return emit_json(result_dict(done))
+    how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} written"  # file bytes: footer too
     typer.echo(f"snapshot {done.path}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
 
 
@@ -183,15 +254,28 @@ class ConvertFrom(str, Enum):
     raw = "raw"
 
 
+RawOpt = Annotated[bool, typer.Option("--raw", help="Read the source as a raw disk image (the same as --from raw).")]
+FromOpt = Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")]
+
+
+def source_format(from_: Optional[ConvertFrom], raw: bool) -> Optional[str]:
+    if raw and from_ == ConvertFrom.vhd:
+        raise VhdError("--raw and --from vhd contradict each other")
+    return "raw" if raw else from_.value if from_ else None
+
+
 @app.command()
 def convert(
     src: Annotated[Path, typer.Argument(help="Source image: fixed, dynamic or differencing VHD, or raw.")],
     dest: Annotated[Path, typer.Argument(help="Output file (written atomically, sparse).")],
     to: Annotated[ConvertTo, typer.Option("--to", help="Output format.")],
-    from_: Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")] = None,
+    from_: FromOpt = None,
     block_size: Annotated[str, typer.Option("--block-size", help="Block size of a dynamic output.")] = "2MiB",
     keep_uuid: Annotated[bool, typer.Option("--keep-uuid", help="Keep the source's UUID instead of a new one. Keep it when differencing children must still match this image as their parent (they find it by UUID); otherwise a new UUID keeps the copy distinct from the original.")] = False,
+    raw: RawOpt = False,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Convert any image to a fixed, dynamic or raw one, writing only non-zero data.
 
@@ -202,23 +286,26 @@ def convert(
     from vhdtool.units import format_size
 
     done = do_convert(
-        src, dest, Format(to.value), from_=from_.value if from_ else None,
+        src, dest, Format(to.value), from_=source_format(from_, raw),
         block_size=size_arg(block_size), keep_uuid=keep_uuid, force=force,
     )
+    if as_json:
+        return emit_json(result_dict(done, format=to.value))
     typer.echo(f"wrote {done.path}: {to.value}, {format_size(done.virtual_size)} virtual, "
                f"{format_size(done.data_bytes)} of data")
 
 
 @app.command()
 def check(
-    image: Annotated[Path, typer.Argument(help="The VHD to check.")],
+    images: Annotated[list[Path], typer.Argument(help="The VHDs to check.", metavar="IMAGE...")],
     target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
     as_json: JsonOpt = False,
 ) -> None:
     """Validate structure and suitability for TARGET before a long upload.
 
     Every problem, why, and the vhdtool command that fixes it. Exit 0 no errors, 1 errors,
-    2 not a usable VHD."""
+    2 not a usable VHD; with several images, the worst of theirs. --json: one image's report,
+    or a list of them when several are given."""
     from vhdtool.workflows.check import Target, check_image
     from vhdtool.workflows.check.render import render_text
 
@@ -227,9 +314,13 @@ def check(
     except ValueError:
         names = ", ".join(t.value for t in Target)
         raise VhdError(f"--target: '{target}' is not one of {names}") from None
-    report = check_image(image, chosen)
-    emit_json(report.to_dict()) if as_json else typer.echo("\n".join(render_text(report)))
-    sys.exit(report.exit_code)
+    reports = [check_image(image, chosen) for image in images]
+    if as_json:
+        dicts = [report.to_dict() for report in reports]
+        emit_json(dicts[0] if len(dicts) == 1 else dicts)
+    else:
+        typer.echo("\n\n".join("\n".join(render_text(report)) for report in reports))
+    sys.exit(max(report.exit_code for report in reports))
 
 
 @app.command()
@@ -237,8 +328,11 @@ def prepare(
     src: Annotated[Path, typer.Argument(help="Any image: fixed, dynamic or differencing VHD, or raw.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (default: <stem>-azure.vhd next to SRC).")] = None,
     target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk) or azure-managed-disk (direct upload).")] = "azure",
-    from_: Annotated[Optional[ConvertFrom], typer.Option("--from", help="Source format; default: VHD, or raw when the file has no VHD footer and its name ends in .raw/.img.")] = None,
+    from_: FromOpt = None,
+    raw: RawOpt = False,
     force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Make an image Azure accepts, in one step, and check the result.
 
@@ -248,16 +342,20 @@ def prepare(
     from vhdtool.workflows.check import Target
     from vhdtool.workflows.check.render import render_text
     from vhdtool.workflows.prepare import prepare as do_prepare
-    from vhdtool.units import format_size
+    from vhdtool.units import format_change
 
     if target not in (Target.AZURE.value, Target.AZURE_MANAGED_DISK.value):
         raise VhdError(f"--target: '{target}' is not one of azure, azure-managed-disk")
-    done = do_prepare(src, output, target=Target(target), from_=from_.value if from_ else None, force=force)
+    done = do_prepare(src, output, target=Target(target), from_=source_format(from_, raw), force=force)
+    if as_json:
+        emit_json({"source": str(src), "rule": done.rule, "output": done.output and str(done.output),
+                   "old_size": done.old_size, "new_size": done.new_size, "report": done.report.to_dict()})
+        sys.exit(done.report.exit_code)
     typer.echo(f"{src}: {done.rule}")
     if done.output is None:
         typer.echo(f"{src} already passes check --target {target}: nothing written")
     else:
-        typer.echo(f"wrote {done.output}: fixed, {format_size(done.old_size)} -> {format_size(done.new_size)}")
+        typer.echo(f"wrote {done.output}: fixed, {format_change(done.old_size, done.new_size)}")
     typer.echo("\n".join(render_text(done.report)))
     sys.exit(done.report.exit_code)
 
@@ -268,7 +366,7 @@ ConnOpt = Annotated[Optional[str], typer.Option("--connection-string", help="Azu
 
 
 def note(message: str) -> None:
-    typer.echo(f"vhdtool: {message}", err=True)
+    typer.echo(f"vhdtool: {redact(message)}", err=True)
 
 
 @app.command()
@@ -279,13 +377,15 @@ def upload(
     name: NameOpt = None,
     connection_string: ConnOpt = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 16,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
+    overwrite: Annotated[bool, typer.Option("--force", "--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start again from an empty blob even if it holds part of this upload.")] = False,
     no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Afterwards, check the blob's page ranges and read its data back to compare MD5s.")] = False,
-    align: Annotated[bool, typer.Option("--align", help="Round a virtual size that is not whole MiB up, on the fly.")] = False,
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
+    align: AlignOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -295,21 +395,24 @@ def upload(
     the same command again to resume).
     """
     from vhdtool.azure.address import blob_from_args
-    from vhdtool.units import format_size
+    from vhdtool.units import format_size, plural
     from vhdtool.workflows.upload import UploadOptions
     from vhdtool.workflows.upload import upload as do_upload
 
     location = blob_from_args(dest, container, name, connection_string, access(auth, allow_http))
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
                             verify=verify, align=align, log=note)
-    done = do_upload(src, location, options)
+    with resumable("upload"):
+        done = do_upload(src, location, options)
+    if as_json:
+        return emit_json(result_dict(done))
     if done.already_complete and not done.sent_bytes:
         typer.echo(f"{location} already holds this upload of {src}: nothing sent")
     else:
         typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} page blob"
                    f"{', resumed' if done.resumed else ''})")
-        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
-        typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
+        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of pages (footer included) in {plural(done.requests, 'Put Page request')}")
+        typer.echo(f"  skipped:  {plural(done.zero_pages, 'zero page')}; {done.present_bytes:,} bytes already on the blob")
     typer.echo(f"  retries:  {done.retries}")
     if done.content_md5:
         typer.echo(f"  md5:      {done.content_md5}")
@@ -330,6 +433,8 @@ def download(
     force: ForceOpt = False,
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Download a page blob into a sparse local file, fetching only its page ranges.
 
@@ -340,7 +445,7 @@ def download(
     from vhdtool.azure.address import blob_from_args, is_blob_url
     from vhdtool.workflows.download import DownloadOptions
     from vhdtool.workflows.download import download as do_download
-    from vhdtool.units import format_size
+    from vhdtool.units import format_size, plural
 
     if src is not None and not is_blob_url(src) and dest is None and output is None:
         src, output = None, Path(src)  # `download --container C --name N FILE`
@@ -350,11 +455,14 @@ def download(
     location = blob_from_args(src, container, name, connection_string, access(auth, allow_http))
     if workers < 1:
         raise VhdError("--workers must be at least 1")
-    done = do_download(location, target, DownloadOptions(workers=workers, force=force, log=note))
+    with resumable("download"):
+        done = do_download(location, target, DownloadOptions(workers=workers, force=force, log=note))
+    if as_json:
+        return emit_json(result_dict(done))
     checked = "Content-MD5 checked" if done.md5_checked else "no Content-MD5 on the blob"
     typer.echo(f"downloaded {location} -> {done.path}: {format_size(done.size)}, "
                f"{format_size(done.fetched_bytes)} fetched, {format_size(done.written_bytes)} of data written, "
-               f"{checked}, {done.retries} retries, {done.seconds:.2f} s")
+               f"{checked}, {plural(done.retries, 'retry', 'retries')}, {done.seconds:.2f} s")
 
 
 @app.command()
@@ -440,6 +548,7 @@ def image_capture(
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Capture a VM's disks as image NAME, as Azure does.
 
@@ -508,6 +617,7 @@ def image_deploy(
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Deploy a VM from image NAME: fresh copies of its disks and a VM record.
 
@@ -614,36 +724,71 @@ def image_vm_delete(
     emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
 
 
+class Interrupted(VhdError):
+    """Ctrl-C during work that a re-run resumes."""
+
+    exit_code = 130
+
+
+@contextmanager
+def resumable(what: str) -> Iterator[None]:
+    """Ctrl-C inside: say that running the same command again resumes WHAT."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"{what} interrupted: run the same command again to resume") from None
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """The one place a message reaches stderr on failure: one line, secrets redacted."""
+    typer.echo(f"vhdtool: {redact(' '.join(message.split()))}", err=True)
+    sys.exit(code)
+
+
+def usage_message(exc: Any) -> str:
+    """click's usage error as one line, naming the command, without typer's "(env var: 'None')"."""
+    import click
+
+    message = exc.format_message()
+    bad_value = isinstance(exc, click.BadParameter) and not isinstance(exc, click.MissingParameter)
+    if bad_value and exc.param is not None and exc.param_hint is None:
+        param = exc.param
+        name = param.human_readable_name if isinstance(param, click.Argument) else " / ".join(param.opts)
+        message = f"invalid value for {name}: {exc.message}"
+    command = exc.ctx.command_path if exc.ctx is not None else "vhdtool"
+    where = command.removeprefix("vhdtool").strip()
+    return f"{where + ': ' if where else ''}{message} (see {command} -h)"
+
+
 def main() -> None:
     """Console entry point: one-line errors and documented exit codes, never a traceback."""
-    try:
-        code = app(standalone_mode=False)
-    except VhdError as exc:
-        typer.echo(f"vhdtool: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("vhdtool: interrupted", err=True)
-        sys.exit(130)
-    except OSError as exc:
-        name = f"{redact(str(exc.filename))}: " if exc.filename else ""
-        typer.echo(f"vhdtool: error: {name}{exc.strerror or exc}", err=True)
-        sys.exit(EXIT_UNUSABLE)
-    except Exception as exc:  # click usage errors and the like
-        import click
+    import click
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(EXIT_UNUSABLE)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    try:
+        code = app(prog_name="vhdtool", standalone_mode=False)
+    except Interrupted as exc:
+        fail(str(exc), exc.exit_code)
+    except NotVhdError as exc:
+        fail(f"error: {exc} (a raw disk image? info, convert and prepare read one with --raw; "
+             "vhdtool prepare FILE --raw makes the fixed VHD Azure takes)", exc.exit_code)
+    except VhdError as exc:
+        fail(f"error: {exc}", exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        fail("interrupted", EXIT_INTERRUPTED)
+    except OSError as exc:
+        name = f"{exc.filename}: " if exc.filename else ""
+        fail(f"error: {name}{exc.strerror or exc}", EXIT_UNUSABLE)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        fail(f"error: {usage_message(exc)}", EXIT_UNUSABLE)
+    except click.ClickException as exc:
+        fail(f"error: {exc.format_message()}", EXIT_UNUSABLE)
     # Outside standalone mode click returns an Exit's code instead of exiting; typer turns
     # Ctrl-C into Exit(130).
     if isinstance(code, int) and code:
-        if code == 130:
-            typer.echo("vhdtool: interrupted", err=True)
+        if code == EXIT_INTERRUPTED:
+            fail("interrupted", code)
         sys.exit(code)
 
 

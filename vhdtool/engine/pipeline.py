@@ -17,17 +17,17 @@ consumer writes or sends; chunks come back in disk order. Memory is the buffer p
 from __future__ import annotations
 
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from vhdtool import ranges
+from vhdtool.engine import progress
 from vhdtool.errors import VhdError
 from vhdtool.ranges import Range
 
@@ -203,18 +203,6 @@ def nonzero_data(
             yield run[0], chunk.data(run)
 
 
-@contextmanager
-def progress_bar(source: Source, label: str, granularity: int = PAGE) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar over the bytes `scan` reads, with rate, on stderr when it is a terminal.
-
-    Yields the update callable for `scan(progress=...)`, or None without a terminal (then
-    neither tqdm is imported nor the total counted).
-    """
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    total = scanned_bytes(source, granularity)
-    with tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
-        yield bar.update
+def progress_bar(source: Source, label: str, granularity: int = PAGE) -> AbstractContextManager[Callable[[int], None] | None]:
+    """Progress over the bytes `scan` reads: see vhdtool.engine.progress."""
+    return progress.progress_bar(source, label, granularity)

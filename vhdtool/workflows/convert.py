@@ -37,7 +37,7 @@ class Format(str, Enum):
 class Converted:
     path: Path
     virtual_size: int
-    data_bytes: int  # non-zero bytes written
+    data_bytes: int  # non-zero bytes of the disk written (the footer is not data)
 
 
 def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
@@ -102,5 +102,5 @@ def convert(
         if to == Format.fixed:
             fixed = FixedImage(disk, size, keep_uuid=keep_uuid)
             done = write_sparse(fixed, dest, force=force, label="convert")
-            return Converted(done.path, size, done.data_bytes)
+            return Converted(done.path, size, done.data_bytes - FOOTER_SIZE)  # its footer is never zero
         return write_dynamic(disk, dest, size, block_size=block_size, keep_uuid=keep_uuid, force=force)

@@ -26,15 +26,18 @@ from vhdtool.format.vhd.header import (
     parent_name,
 )
 from vhdtool.format.vhd.timestamp import to_iso
-from vhdtool.disk.image import Disk, SparseDisk, open_disk, qemu_7_2_size
+from vhdtool.disk.image import Disk, SparseDisk, qemu_7_2_size
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import Access
 
 
 def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
-    """Everything `info` shows, as plain JSON-able data."""
-    with open_disk(path, raw=raw) as disk:
+    """Everything `info` shows, as plain JSON-able data. A file is raw by convert's rule."""
+    from vhdtool.workflows.convert import open_source
+
+    disk, _ = open_source(path, "raw" if raw else None)
+    with disk:
         out = describe_disk(disk)
         if disk.parent is not None:
             out["parent_chain"] = [describe_disk(p) for p in disk.chain()[1:]]

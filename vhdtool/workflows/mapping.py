@@ -16,7 +16,7 @@ from typing import TextIO
 from vhdtool.engine.pipeline import PAGE, check_granularity, nonzero_runs, progress_bar, scan
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.ranges import Range
-from vhdtool.units import format_size
+from vhdtool.units import format_size, plural
 
 
 @dataclass
@@ -36,7 +36,7 @@ class MapSummary:
 
     def text(self) -> str:
         return (
-            f"{self.run_count:,} runs, {format_size(self.data_bytes)} of data: "
+            f"{plural(self.run_count, 'run')}, {format_size(self.data_bytes)} of data: "
             f"{self.data_percent:.2f}% of the {format_size(self.virtual_size)} virtual disk"
         )
 

@@ -2,7 +2,7 @@
 
 Growing a fixed image extends the file (a hole) and moves the footer; growing a dynamic one
 widens the BAT into its padding when there is room. Shrinking is refused unless asked for,
-and refused again when the cut-off area holds non-zero data unless forced.
+and refused again when the cut-off area holds non-zero data unless `discard_data` says so.
 
 The rewritten footer keeps the UUID but takes our creator and the spec geometry of the new
 size (see footer.OUR_CREATOR), so that every reader sees the new size.
@@ -30,9 +30,10 @@ from vhdtool.format.vhd.geometry import chs_for_size
 from vhdtool.format.vhd.header import seal_header
 from vhdtool.disk.image import Disk, FooterLocation, SparseDisk, open_disk, require_footer
 from vhdtool.engine.output import staged_file
-from vhdtool.units import format_size
+from vhdtool.units import format_change, format_size
 
 SECTOR = 512
+AZURE_ALIGN = 1024 * 1024  # `--align`: Azure takes whole MiB, the same rounding as upload --align
 ZERO_BUFFER = 1024 * 1024  # zeros are written from a buffer of this size, whatever the span
 
 
@@ -49,7 +50,7 @@ def target_size(current: int, size: int | None, align: int | None) -> int:
         raise VhdError("give exactly one of --size and --align")
     if align is not None:
         if align <= 0 or align % SECTOR:
-            raise VhdError(f"--align {align:,} is not a positive multiple of 512")
+            raise VhdError(f"alignment {align:,} is not a positive multiple of 512")
         return ranges.round_up(current, align)
     if size <= 0 or size % SECTOR:
         raise VhdError(f"size {size:,} is not a positive multiple of 512 bytes")
@@ -77,6 +78,7 @@ def resize(
     align: int | None = None,
     out: str | os.PathLike | None = None,
     allow_shrink: bool = False,
+    discard_data: bool = False,
     force: bool = False,
 ) -> Resized:
     """Resize the image at `path` in place, or a sparse copy of it at `out`.
@@ -89,7 +91,7 @@ def resize(
         old = disk.virtual_size
         new = target_size(old, size, align)
         if new != old:
-            refuse(disk, new, allow_shrink, force)
+            refuse(disk, new, allow_shrink, discard_data)
     if out is None:
         if new != old:
             apply(path, new)
@@ -104,7 +106,7 @@ def resize(
     return Resized(staged.path, old, new)
 
 
-def refuse(disk: Disk, new: int, allow_shrink: bool, force: bool) -> None:
+def refuse(disk: Disk, new: int, allow_shrink: bool, discard_data: bool) -> None:
     """Raise if `disk` cannot (or, unasked, should not) take the virtual size `new`."""
     if disk.kind == "differencing":
         raise VhdError("a differencing image takes its parent's size: "
@@ -122,7 +124,7 @@ def refuse(disk: Disk, new: int, allow_shrink: bool, force: bool) -> None:
                 disk.path,
             )
     if new < disk.virtual_size:
-        refuse_shrink(disk, new, allow_shrink, force)
+        refuse_shrink(disk, new, allow_shrink, discard_data)
 
 
 def footer_location(disk: Disk) -> FooterLocation:
@@ -146,15 +148,15 @@ def first_nonzero(disk: Disk, start: int, end: int) -> int | None:
     return None if run is None else run[0]
 
 
-def refuse_shrink(disk: Disk, new: int, allow_shrink: bool, force: bool) -> None:
-    cut = f"{format_size(disk.virtual_size)} to {format_size(new)}"
+def refuse_shrink(disk: Disk, new: int, allow_shrink: bool, discard_data: bool) -> None:
+    cut = format_change(disk.virtual_size, new)
     if not allow_shrink:
-        raise VhdError(f"shrinking from {cut} loses data: pass --allow-shrink", disk.path)
+        raise VhdError(f"shrinking ({cut}) drops the end of the disk: pass --allow-shrink", disk.path)
     found = first_nonzero(disk, new, disk.virtual_size)
-    if found is not None and not force:
+    if found is not None and not discard_data:
         raise VhdError(
-            f"shrinking from {cut} cuts off non-zero data (first at byte {found:,}): "
-            "pass --force to cut it anyway",
+            f"shrinking ({cut}) cuts off non-zero data (first at byte {found:,}): "
+            "pass --discard-data to cut it anyway",
             disk.path,
         )
 

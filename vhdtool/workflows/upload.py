@@ -309,11 +309,19 @@ def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: in
                        f"is not the image's", blob.location)
 
 
+class NothingSent(TransferError):
+    """The blob could not be claimed: no page went out, so there is nothing to resume."""
+
+
 def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, options: UploadOptions,
              result: UploadResult) -> None:
     """Claim the blob, send what it lacks, mark it complete, verify if asked."""
     runs: list[Range] | None = [] if options.verify else None
-    held, written = claim(blob, identity, options)
+    try:
+        held, written = claim(blob, identity, options)
+    except TransferError as exc:
+        raise NothingSent(f"upload failed before any page was sent: {exc.detail}; "
+                          "run the same command again", exc.path) from None
     if held is None:
         result.already_complete = True
         if not options.verify:
@@ -348,6 +356,8 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
             try:
                 transfer(blob, image, identity, options, result)
+            except NothingSent:
+                raise
             except TransferError as exc:
                 raise TransferError(f"upload interrupted: {exc.detail}; run the same command again to "
                                     "resume, only the missing pages will be sent", exc.path) from None

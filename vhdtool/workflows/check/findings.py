@@ -120,9 +120,11 @@ class Finding:
     severity: Severity
     message: str
     fix: str | None = None  # the vhdtool command that fixes it, when there is one
+    numbers: dict[str, int] = field(default_factory=dict)  # the message's numbers, for --json
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "severity": self.severity.value, "message": self.message, "fix": self.fix}
+        return {"code": self.code, "severity": self.severity.value, "message": self.message, "fix": self.fix,
+                **self.numbers}
 
 
 @dataclass
@@ -136,8 +138,8 @@ class Report:
     virtual_size: int | None = None
     file_size: int | None = None
 
-    def add(self, code: str, message: str, fix: str | None = None) -> None:
-        self.findings.append(Finding(code, CODES[code], message, fix))
+    def add(self, code: str, message: str, fix: str | None = None, **numbers: int) -> None:
+        self.findings.append(Finding(code, CODES[code], message, fix, numbers))
 
     @property
     def codes(self) -> list[str]:

@@ -93,12 +93,14 @@ def check_interop(report: Report, footer: Container) -> None:
             f"creator '{creator_text(footer.creator_application)}' QEMU block/vpc.c uses "
             "the geometry, so the disk looks different in QEMU than in Hyper-V, libvhdi and Azure",
             rewrite_command(report.path, footer) if fixable else None,
+            qemu_size=qemu, virtual_size=size,
         )
     if size > MAX_VHD_SIZE:
         report.add(
             "size.over-2040gib",
             f"the virtual size {size:,} bytes is over 2040 GiB ({MAX_VHD_SIZE:,} bytes), the "
             "largest VHD Hyper-V and QEMU open (QEMU vpc.c VHD_MAX_SECTORS)",
+            virtual_size=size, maximum=MAX_VHD_SIZE,
         )
 
 
@@ -111,7 +113,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
     path = report.path
     sound = repairable(report)
     prepare = prepare_command(path, target) if sound else None
-    align = command("vhdtool", "resize", "--align", "1MiB", path) if fixed and sound else prepare
+    align = command("vhdtool", "resize", "--align", path) if fixed and sound else prepare
     if footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING):
         kind = DiskType(footer.disk_type).name.lower()
         report.add(
@@ -128,6 +130,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             f"MiB; Azure refuses it: {limits.rejection} The next whole size is {up // MiB:,} MiB "
             f"({up:,} bytes)",
             align,
+            virtual_size=size, aligned_size=up,
         )
     if fixed and file_size % FOOTER_SIZE:
         report.add(
@@ -135,6 +138,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             f"the file is {file_size:,} bytes, not a multiple of 512: a page blob's length must "
             "be (Put Blob)",
             prepare,
+            file_size=file_size,
         )
     if fixed and file_size != size + FOOTER_SIZE:
         report.add(
@@ -142,6 +146,7 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             f"the file is {file_size:,} bytes; uploaded as a page blob, a fixed VHD must be its "
             f"virtual size plus the 512-byte footer: {size:,} + 512 = {size + FOOTER_SIZE:,} bytes",
             prepare,
+            file_size=file_size, expected_file_size=size + FOOTER_SIZE,
         )
     check_blob_limits(report, target, size + FOOTER_SIZE, fixable=sound)
 
@@ -155,10 +160,12 @@ def check_blob_limits(report: Report, target: Target, blob: int, *, fixable: boo
             f"the disk uploads as a {blob:,}-byte blob; {where} must be at least "
             f"{limits.minimum:,} bytes ({limits.min_mib} MiB + 512)",
             command("vhdtool", "resize", "--size", f"{limits.min_mib}MiB", report.path) if fixable else None,
+            blob_size=blob, minimum=limits.minimum,
         )
     elif blob > limits.maximum:
         report.add(
             "azure.too-large",
             f"the disk uploads as a {blob:,}-byte blob; {where} can be at most "
             f"{limits.maximum:,} bytes",
+            blob_size=blob, maximum=limits.maximum,
         )
