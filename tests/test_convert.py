@@ -104,7 +104,7 @@ def test_bad_inputs_leave_nothing(tmp_path):
     existing.write_bytes(b"precious")
     cases = [
         (child, tmp_path / "o1.vhd", "parent image not found"),
-        (damaged, tmp_path / "o2.vhd", "dynamic header checksum mismatch"),
+        (damaged, tmp_path / "o2.vhd", "damaged (header.checksum): dynamic header checksum"),
         (FIXTURES / "windows-fixed-10m.vhd", existing, "already exists (use --force"),
     ]
     before = sorted(p.name for p in tmp_path.iterdir())

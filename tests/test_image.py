@@ -100,7 +100,7 @@ def copy_chain(tmp_path, names):
 
 def test_missing_parent_is_reported(tmp_path):
     copy_chain(tmp_path, ["chain-child1.vhd"])
-    with pytest.raises(FormatError, match="parent image not found.*W2ku 'C:\\\\\\\\VMs"):
+    with pytest.raises(FormatError, match=r"\(parent.missing\).*parent image not found.*W2ku 'C:\\VMs.*vhdtool check"):
         open_disk(tmp_path / "chain-child1.vhd")
 
 

@@ -70,6 +70,7 @@ def info(
 
         data = describe(image, raw=raw)
     emit_json(data) if as_json else print_info(data)
+    sys.exit(data.get("exit_code", 0))  # 1: a damaged image, shown with its findings
 
 
 @app.command()

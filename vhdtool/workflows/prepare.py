@@ -17,6 +17,7 @@ from vhdtool.workflows.check import (
     Report,
     Target,
     check_image,
+    disk_report,
     unrepaired,
 )
 from vhdtool.workflows.convert import open_source, write_sparse
@@ -72,7 +73,7 @@ def prepare(
     disk, rule = open_source(src, from_)
     with disk:
         size = prepared_size(disk.virtual_size, target)
-        before = None if disk.kind == "raw" else check_image(src, target)
+        before = None if disk.kind == "raw" else disk_report(disk, target)
         if before is not None and before.exit_code == 0:
             if dest is None:
                 return Prepared(rule, before, None, disk.virtual_size, disk.virtual_size, before)
