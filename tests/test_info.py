@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -123,3 +125,17 @@ def test_child_without_its_parent_shows_its_own_fields_and_where_it_looked(tmp_p
 def test_windows_locator_paths_are_shown_as_stored():
     out = vhdtool("info", str(FIXTURES / "chain-child2.vhd"), check=True).stdout
     assert "  locator W2ru: .\\chain-child1.vhd (" in out
+
+
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_fixed_image_needs_neither_numpy_nor_the_azure_sdk(command):
+    """Start-up (#17): numpy is for BAT work, the Azure SDK for blobs; a fixed image needs neither."""
+    code = (
+        "import sys\n"
+        "from vhdtool.cli import main\n"
+        f"sys.argv = ['vhdtool', {command!r}, {str(FIXTURES / 'windows-fixed-10m.vhd')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'azure'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "heavy: []"
