@@ -6,9 +6,10 @@ A `Disk` has `virtual_size`, `readinto(offset, buf)` / `read(offset, length)`, a
 over the chain for differencing images) so that nothing downstream ever reads a hole.
 
 Virtual size is the footer's current size, as libvhdi, VirtualBox, Hyper-V and QEMU 10 read
-it. qemu 7.2 instead multiplies the CHS geometry out (C*H*S*512, usually a little less) unless
-the creator is "win ", "qem2", "d2v ", "CTXS" or "tap\\0" or the geometry is 65535/16/255;
-`qemu_7_2_size()` computes what it would read so that `info` and `check` can say so.
+it (qemu 7.2 may read less: vhdtool.format.vhd.footer.qemu_7_2_size).
+
+A VHD is opened through vhdtool.disk.inspect, which runs the structural rules `check`
+reports; the reader refuses any finding in CHANGES_CONTENT rather than read around it.
 """
 
 from __future__ import annotations

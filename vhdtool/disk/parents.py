@@ -155,6 +155,8 @@ def check_chain(child: Inspection) -> None:
         report.add("parent.cycle", str(exc))
     except VhdError as exc:
         report.add("parent.invalid", f"the parent chain cannot be opened: {exc}")
+    except OSError as exc:  # reading a locator or a candidate failed (EIO, EACCES)
+        report.add("parent.invalid", f"the parent chain cannot be read: {exc.strerror or exc}")
     else:
         names = " <- ".join(str(item.path) for item in child.parent.chain())
         report.add("parent.chain", f"parent chain (UUIDs match): {child.path} <- {names}")
