@@ -115,6 +115,8 @@ UNUSABLE_CODES = frozenset(
         "footer.missing",
     }
 )
+# No VHD in the file at all: a command may then take it as a raw image (convert, prepare).
+NOT_A_VHD_CODES = frozenset({"file.empty", "file.too-small", "footer.missing"})
 
 # The disk an image reads would differ from the one its file describes (blocks cut off or
 # shared, a table or header that cannot be trusted, a wrong or missing parent): every command

@@ -28,10 +28,10 @@ from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, re
     pread_exact,
     require_footer,
 )
-from vhdtool.disk.findings import UNUSABLE_CODES, Report
+from vhdtool.disk.findings import Report
 from vhdtool.disk.inspect import inspect_open
-from vhdtool.disk.vhd_rules.structure import Inspection
-from vhdtool.errors import DamagedImageError, NotVhdError, VhdError
+from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
+from vhdtool.errors import VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors
 from vhdtool.format.vhd.footer import (  # noqa: F401  MAX_VHD_SIZE, qemu_7_2_size: re-exported
@@ -247,24 +247,6 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
         raise
     disk.findings = inspection.report
     return disk
-
-
-def refuse_unreadable(inspection: Inspection) -> None:
-    """Raise for any finding that changes what the disk reads, naming every such code."""
-    report = inspection.report
-    codes = report.unreadable()
-    if not codes:
-        return
-    first = next(f for f in report.findings if f.code == codes[0])
-    if set(codes) <= UNUSABLE_CODES:
-        # Nothing in the file is a VHD: convert may then take a .img as raw (NotVhdError).
-        error = NotVhdError if report.file_size is not None else VhdError
-        raise error(first.message, inspection.path)
-    raise DamagedImageError(
-        f"refused, the image is damaged ({', '.join(dict.fromkeys(codes))}): {first.message}; "
-        f"run: vhdtool check {inspection.path}",
-        inspection.path,
-    )
 
 
 def disk_from(inspection: Inspection) -> Disk:

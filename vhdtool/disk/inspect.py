@@ -23,3 +23,4 @@ def inspect_open(path: Path, fd: int, st: os.stat_result) -> Inspection:
         os.close(fd)
         raise
     return inspection
+

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import unquote, urlparse
 
 from vhdtool.disk.file import open_readonly
-from vhdtool.disk.vhd_rules.structure import Inspection, inspect_file
+from vhdtool.disk.vhd_rules.structure import Inspection, inspect_file, refuse_unreadable
 from vhdtool.errors import FormatError, VhdError
 from vhdtool.format.vhd.footer import DiskType
 from vhdtool.format.vhd.header import (
@@ -41,10 +41,6 @@ class ParentMismatch(FormatError):
 
 class ParentCycle(FormatError):
     """The chain loops back on itself (or is implausibly deep)."""
-
-
-class ParentInvalid(FormatError):
-    """The parent file is damaged or not a VHD."""
 
 
 def locator_paths(child: Inspection) -> list[tuple[str, str]]:
@@ -134,10 +130,11 @@ def open_candidate(path: Path) -> Inspection:
     """A candidate parent whose own structure the reader accepts (its parent not yet opened)."""
     fd, st = open_readonly(path)
     parent = inspect_file(path, fd, st)
-    problems = parent.report.unreadable()
-    if problems:
+    try:
+        refuse_unreadable(parent)
+    except VhdError:
         parent.close()
-        raise ParentInvalid(f"{', '.join(problems)} (run: vhdtool check {path})", path)
+        raise
     return parent
 
 

@@ -10,11 +10,10 @@ from typing import Any
 from construct import Container
 
 from vhdtool.disk.file import open_readonly
-from vhdtool.disk.findings import UNUSABLE_CODES
 from vhdtool.disk.inspect import inspect_open
+from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
 from vhdtool.disk.parents import locator_paths
-from vhdtool.disk.vhd_rules.structure import Inspection
-from vhdtool.errors import FormatError, NotVhdError, VhdError
+from vhdtool.errors import FormatError, NotVhdError
 from vhdtool.format.vhd.footer import (
     COOKIE,
     CREATORS,
@@ -48,9 +47,8 @@ def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
     inspection = inspect_open(path_, fd, st)
     try:
         report = inspection.report
-        if inspection.found is None:
-            first = next(f for f in report.findings if f.code in UNUSABLE_CODES)
-            raise (NotVhdError if first.code != "file.read-error" else VhdError)(first.message, path_)
+        if inspection.found is None:  # no footer: nothing to show but why
+            refuse_unreadable(inspection)
         out = describe_file(inspection)
         if inspection.parent is not None:
             out["parent_chain"] = [describe_file(p) for p in inspection.chain()[1:]]

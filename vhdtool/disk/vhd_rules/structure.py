@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING
 from construct import Container
 
 from vhdtool.disk.file import FooterLocation, VhdFile
-from vhdtool.disk.findings import Report, Target
+from vhdtool.disk.findings import NOT_A_VHD_CODES, UNUSABLE_CODES, Report, Target
 from vhdtool.disk.vhd_rules.fixed_rules import check_fixed
 from vhdtool.disk.vhd_rules.footer_rules import check_copies, check_footer, check_tail
 from vhdtool.disk.vhd_rules.header_rules import check_header, read_header
 from vhdtool.disk.vhd_rules.locator_rules import check_locators
 from vhdtool.disk.vhd_rules.source import check_alignment, check_length, find_footer
+from vhdtool.errors import DamagedImageError, NotVhdError, VhdError
 from vhdtool.format.vhd.footer import DiskType, disk_type_name
 from vhdtool.redaction import redact
 
@@ -109,3 +110,21 @@ def check_sparse(inspection: Inspection, vf: VhdFile) -> None:
         check_entries(report, vf, header, inspection.bat)
     if vf.found.footer.disk_type == DiskType.DIFFERENCING:
         check_locators(report, vf, header)
+
+
+def refuse_unreadable(inspection: Inspection) -> None:
+    """Raise for any finding that changes what the disk reads, naming every such code."""
+    report = inspection.report
+    codes = report.unreadable()
+    if not codes:
+        return
+    first = next(f for f in report.findings if f.code == codes[0])
+    if set(codes) <= UNUSABLE_CODES:
+        # No VHD, or the file cannot be read: nothing to name but the one problem.
+        error = NotVhdError if set(codes) <= NOT_A_VHD_CODES else VhdError
+        raise error(first.message, inspection.path)
+    raise DamagedImageError(
+        f"refused, the image is damaged ({', '.join(dict.fromkeys(codes))}): {first.message}; "
+        f"run: vhdtool check {inspection.path}",
+        inspection.path,
+    )
