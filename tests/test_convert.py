@@ -104,7 +104,7 @@ def test_bad_inputs_leave_nothing(tmp_path):
     existing.write_bytes(b"precious")
     cases = [
         (child, tmp_path / "o1.vhd", "parent image not found"),
-        (damaged, tmp_path / "o2.vhd", "dynamic header checksum mismatch"),
+        (damaged, tmp_path / "o2.vhd", "damaged (header.checksum): dynamic header checksum"),
         (FIXTURES / "windows-fixed-10m.vhd", existing, "already exists (use --force"),
     ]
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -158,3 +158,21 @@ def test_dynamic_output_over_the_vhd_limit_is_refused(tmp_path):
     proc = vhdtool("convert", str(src), str(tmp_path / "out.vhd"), "--to", "dynamic")
     assert proc.returncode == 2 and "a dynamic VHD holds at most" in proc.stderr
     assert not (tmp_path / "out.vhd").exists()
+
+
+def test_truncated_dynamic_image_is_refused_not_zero_filled(tmp_path):
+    """Issue 13: cut inside its last data block, the image converted with exit 0 and the lost
+    sectors became zeros. Now refused, naming check's findings; qemu-img refuses it too."""
+    data = (FIXTURES / "qemu-dynamic-20m.vhd").read_bytes()
+    src = tmp_path / "cut.vhd"
+    src.write_bytes(data[: len(data) - 512 - 4096])
+    out = tmp_path / "out"
+    out.mkdir()
+    for to in ("fixed", "dynamic"):
+        proc = vhdtool("convert", str(src), str(out / "o.vhd"), "--to", to)
+        assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+        assert "(footer.tail-missing, bat.block-truncated)" in proc.stderr
+        assert f"run: vhdtool check {src}" in proc.stderr
+    assert list(out.iterdir()) == []
+    assert run("qemu-img", "convert", "-f", "vpc", "-O", "raw", str(src), str(out / "q.raw"),
+               check=False).returncode != 0

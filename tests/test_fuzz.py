@@ -5,11 +5,24 @@ exception, never a hang (hypothesis deadline), never unbounded memory (tracemall
 Checksums are resealed in half the examples, so mutations reach the rules behind them.
 
 CI runs 100 examples per test; set VHDTOOL_FUZZ_EXAMPLES=100000 for the long run.
+
+The command-line fuzz runs mutants through info, check, map and convert, in one child process
+(its peak RSS is measured): exit codes only 0/1/2, no traceback, no hang, nothing left after a
+refusal, and convert never succeeds on an image whose check reports a finding that changes
+what the disk reads. VHDTOOL_FUZZ_CLI sets how many mutants (default 60; 60 mutants of the old reader gave 14 failures).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import random
+import subprocess
+import sys
+import time
+import traceback
 import tracemalloc
 from dataclasses import dataclass
 from datetime import timedelta
@@ -218,3 +231,114 @@ def test_base_images_are_sound(bases, workdir):
         path = workdir / base.name
         path.write_bytes(base.raw)
         assert check_image(path, Target.GENERIC).codes in ([], ["parent.chain"])
+
+
+CLI_MUTANTS = int(os.environ.get("VHDTOOL_FUZZ_CLI", "60"))
+RSS_LIMIT_KIB = 150 * 1024
+HOSTILE = [0, 1, 511, 512, 513, 4095, 1 << 16, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, (1 << 64) - 1]
+
+
+def random_mutant(rng: random.Random, base: Base) -> bytes:
+    """Bit flips, hostile header/footer/BAT values, truncation; checksums resealed half the time."""
+    data = bytearray(base.raw)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.choice(["flip", "flip", "footer", "header", "bat"])
+        if op == "flip":
+            at = rng.randrange(len(data))
+            data[at] ^= 1 << rng.randrange(8)
+            continue
+        if op == "bat" and base.bat is not None:
+            where, offset, width = base.bat, 4 * rng.randrange(base.entries + 1), 4
+        elif op == "header" and base.header is not None:
+            where, (offset, width, _) = base.header, rng.choice(HEADER_FIELDS)
+        else:
+            where, (offset, width, _) = rng.choice(base.footers), rng.choice(FOOTER_FIELDS)
+        value = rng.choice(HOSTILE + [len(data), len(data) // 512, rng.getrandbits(8 * width)])
+        data[where + offset : where + offset + width] = (value & ((1 << 8 * width) - 1)).to_bytes(width, "big")
+    if rng.random() < 0.5:
+        reseal(data, base)
+    if rng.random() < 0.3:
+        del data[rng.randrange(len(data)):]
+    return bytes(data)
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """vhdtool's entry point in this process: its exit code, and any traceback it let out."""
+    from vhdtool.cli import main
+
+    sys.argv = ["vhdtool", *args]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main()
+        except SystemExit as exc:
+            return (exc.code if isinstance(exc.code, int) else 1), ""
+        except BaseException:
+            return -1, traceback.format_exc()
+    return 0, ""
+
+
+def cli_fuzz(workdir: Path, count: int, seed: int) -> dict:
+    """The child process: `count` mutants of the bases described in workdir/bases.json."""
+    from vhdtool.disk.findings import CHANGES_CONTENT
+
+    bases = [Base(**{**b, "raw": (workdir / b["raw"]).read_bytes(), "footers": tuple(b["footers"])})
+             for b in json.loads((workdir / "bases.json").read_text())]
+    rng, problems, slowest = random.Random(seed), [], 0.0
+    out_dir = workdir / "out"
+    out_dir.mkdir(exist_ok=True)
+    for i in range(count):
+        base = rng.choice(bases)
+        path = workdir / base.name
+        path.write_bytes(random_mutant(rng, base))
+        started = time.monotonic()
+        damage = [c for c in check_image(path, Target.GENERIC).codes if c in CHANGES_CONTENT]
+        out = out_dir / "o.vhd"
+        runs = {
+            "check": run_cli("check", str(path), "--target", "generic"),
+            "info": run_cli("info", str(path)),
+            "map": run_cli("map", str(path)),
+            "convert": run_cli("convert", str(path), str(out), "--to", rng.choice(["fixed", "dynamic"])),
+        }
+        slowest = max(slowest, time.monotonic() - started)
+        for command, (code, trace) in runs.items():
+            if code not in (0, 1, 2):
+                problems.append(f"mutant {i} ({base.name}): {command} exit {code} {trace}")
+        if runs["convert"][0] == 0 and damage:
+            problems.append(f"mutant {i} ({base.name}): convert exit 0 despite {damage}")
+        left = sorted(p.name for p in out_dir.iterdir())
+        if runs["convert"][0] != 0 and left:
+            problems.append(f"mutant {i} ({base.name}): convert refused but left {left}")
+        for p in out_dir.iterdir():
+            p.unlink()
+    return {"problems": problems, "slowest": slowest, "max_rss_kib": peak_rss_kib()}
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS. Not getrusage: Linux carries ru_maxrss over exec from the
+    forking parent (here pytest), VmHWM belongs to this process's own memory."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_mutants_through_the_commands(bases, workdir):
+    folder = workdir / "cli"
+    folder.mkdir()
+    meta = []
+    for kind, base in bases.items():
+        (folder / f"{kind}.base").write_bytes(base.raw)
+        meta.append({**base.__dict__, "raw": f"{kind}.base", "footers": list(base.footers)})
+    (folder / "parent.vhd").write_bytes(bases["dynamic"].raw)  # the child's parent, unmutated
+    (folder / "bases.json").write_text(json.dumps(meta))
+    here = Path(__file__).resolve().parent
+    code = (f"import sys, json; sys.path[:0] = [{str(here)!r}, {str(here.parent / 'fixtures')!r}]; "
+            f"import test_fuzz; from pathlib import Path; "
+            f"print(json.dumps(test_fuzz.cli_fuzz(Path({str(folder)!r}), {CLI_MUTANTS}, 13)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["problems"] == []
+    assert result["slowest"] < 20, result  # no hang: one mutant through four commands
+    assert result["max_rss_kib"] < RSS_LIMIT_KIB, result

@@ -100,7 +100,7 @@ def copy_chain(tmp_path, names):
 
 def test_missing_parent_is_reported(tmp_path):
     copy_chain(tmp_path, ["chain-child1.vhd"])
-    with pytest.raises(FormatError, match="parent image not found.*W2ku 'C:\\\\\\\\VMs"):
+    with pytest.raises(FormatError, match=r"\(parent.missing\).*parent image not found.*W2ku 'C:\\VMs.*vhdtool check"):
         open_disk(tmp_path / "chain-child1.vhd")
 
 
@@ -125,3 +125,19 @@ def test_source_is_opened_read_only(tmp_path):
     with open_disk(tmp_path / "chain-child1.vhd") as disk:
         for d in disk.chain():
             assert fcntl.fcntl(d.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+
+
+def test_writer_misuse_is_a_vhd_error(tmp_path):
+    """Every failure is a VhdError (the writer raised ValueError, a traceback at the CLI)."""
+    from vhdtool.disk.writer import SparseImageWriter
+    from vhdtool.errors import VhdError
+
+    fd = os.open(tmp_path / "w.vhd", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        writer = SparseImageWriter(fd, 1024 * 1024)
+        with pytest.raises(VhdError, match="sector aligned"):
+            writer.write(100, b"x" * 512)
+        with pytest.raises(VhdError, match="past the end"):
+            writer.write(1024 * 1024, b"x" * 512)
+    finally:
+        os.close(fd)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -56,15 +58,11 @@ def bad_inputs(tmp_path):
     (tmp_path / "empty.vhd").write_bytes(b"")
     (tmp_path / "short.vhd").write_bytes(b"x" * 300)
     (tmp_path / "random.vhd").write_bytes(os.urandom(64 * 1024))
-    raw = bytearray((FIXTURES / "windows-fixed-10m.vhd").read_bytes())
-    raw[-512 + 64] ^= 0xFF  # the stored checksum no longer matches
-    (tmp_path / "badsum.vhd").write_bytes(raw)
     os.mkfifo(tmp_path / "fifo.vhd")
     return {
-        "empty.vhd": "too small to be a VHD",
-        "short.vhd": "file is 300 bytes, too small",
-        "random.vhd": "not a VHD: no 'conectix' footer",
-        "badsum.vhd": "footer checksum mismatch",
+        "empty.vhd": "the file is empty",
+        "short.vhd": "the file is 300 bytes, smaller than a VHD footer",
+        "random.vhd": "no VHD footer",
         "fifo.vhd": "is not a regular file",
         "missing.vhd": "no such file",
         ".": "is a directory",
@@ -90,4 +88,54 @@ def test_info_reads_only_the_footer_of_a_fixed_image(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "preadv", lambda *a: pytest.fail("preadv of image data"))
     data = describe(str(path))
     assert data["virtual_size"] == 3 * 1024**4 // 2
-    assert reads == [(512, path.stat().st_size - 512)]
+    # the footer, and the first sector (check's fixed.head-cookie rule)
+    assert reads == [(512, path.stat().st_size - 512), (512, 0)]
+
+
+def test_damaged_image_shows_its_fields_and_findings_exit_1(tmp_path):
+    """Like qemu-img info: what could be decoded, plus what is wrong (was: exit 2, one line)."""
+    raw = bytearray((FIXTURES / "windows-fixed-10m.vhd").read_bytes())
+    raw[-512 + 64] ^= 0xFF  # the stored checksum no longer matches
+    (tmp_path / "badsum.vhd").write_bytes(raw)
+    proc = vhdtool("info", str(tmp_path / "badsum.vhd"))
+    assert proc.returncode == 1 and proc.stderr == ""
+    assert "  checksum valid       no" in proc.stdout and "  virtual size           10 MiB" in proc.stdout
+    assert "error   footer.checksum" in proc.stdout
+
+    data = bytearray((FIXTURES / "qemu-dynamic-20m.vhd").read_bytes())
+    (tmp_path / "cut.vhd").write_bytes(data[: len(data) - 512 - 4096])  # inside the last block
+    proc = vhdtool("info", "--json", str(tmp_path / "cut.vhd"))
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert out["dynamic_header"]["block_size"] == 2 * 1024 * 1024 and out["allocated_blocks"] == 3
+    assert [f["code"] for f in out["findings"]] == ["footer.tail-missing", "bat.block-truncated"]
+
+
+def test_child_without_its_parent_shows_its_own_fields_and_where_it_looked(tmp_path):
+    child = tmp_path / "chain-child1.vhd"
+    child.write_bytes((FIXTURES / "chain-child1.vhd").read_bytes())  # parent not beside it
+    proc = vhdtool("info", str(child))
+    assert proc.returncode == 1 and proc.stderr == ""
+    assert "  type                   differencing" in proc.stdout
+    assert "  parent name        C:\\VMs\\chain-base.vhd" in proc.stdout  # one backslash each
+    (line,) = [l for l in proc.stdout.splitlines() if "parent.missing" in l]
+    assert "parent image not found (tried" in line and "'C:\\\\VMs\\\\chain-base.vhd'" not in line
+
+
+def test_windows_locator_paths_are_shown_as_stored():
+    out = vhdtool("info", str(FIXTURES / "chain-child2.vhd"), check=True).stdout
+    assert "  locator W2ru: .\\chain-child1.vhd (" in out
+
+
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_fixed_image_needs_neither_numpy_nor_the_azure_sdk(command):
+    """Start-up (#17): numpy is for BAT work, the Azure SDK for blobs; a fixed image needs neither."""
+    code = (
+        "import sys\n"
+        "from vhdtool.cli import main\n"
+        f"sys.argv = ['vhdtool', {command!r}, {str(FIXTURES / 'windows-fixed-10m.vhd')!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'azure'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.splitlines()[-1] == "heavy: []"

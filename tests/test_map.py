@@ -97,3 +97,13 @@ def test_bad_granularity_is_a_usage_error(args, message):
 def test_not_a_vhd_exits_2():
     result = vhdtool("map", str(FIXTURES / "raw-3m.img"))
     assert result.returncode == 2 and "not a VHD" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_damaged_image_is_refused_before_any_output(tmp_path):
+    """map read a block cut off by truncation as zeros and reported it as a hole (issue 13)."""
+    data = (FIXTURES / "qemu-dynamic-20m.vhd").read_bytes()
+    src = tmp_path / "cut.vhd"
+    src.write_bytes(data[: len(data) - 512 - 4096])
+    result = vhdtool("map", str(src))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "bat.block-truncated" in result.stderr and result.stderr.count("\n") == 1

@@ -113,7 +113,7 @@ def test_damage_the_reader_tolerates_is_refused_not_converted(tmp_path, name, co
         make(corpus)
     out = tmp_path / "out.vhd"
     proc = vhdtool("prepare", str(corpus / name), "-o", str(out))
-    assert proc.returncode == 2 and "cannot be prepared: " in proc.stderr and f"[{code}]" in proc.stderr
+    assert proc.returncode == 2 and f"damaged ({code}" in proc.stderr and "vhdtool check" in proc.stderr
     assert not out.exists() and "Traceback" not in proc.stderr
 
 
@@ -166,3 +166,17 @@ def test_image_smaller_than_the_minimum_is_rounded_up(tmp_path):
     assert out.stat().st_size == MiB + FOOTER_SIZE
     assert qemu_info(out)["virtual-size"] == vhdi_info(out)["virtual_size"] == MiB
     assert content(out) == data + bytes(MiB - len(data)) and check_json(out)[0] == 0
+
+
+def test_the_source_is_parsed_once(tmp_path, monkeypatch):
+    """Issue 13: prepare checked the source and then opened it, two parses of the same file;
+    its findings now come with the disk. (The output is inspected once more, by its check.)"""
+    import vhdtool.disk.inspect as inspect
+    from vhdtool.workflows.prepare import prepare
+
+    seen = []
+    real = inspect.inspect_file
+    monkeypatch.setattr(inspect, "inspect_file", lambda path, *a: seen.append(path.name) or real(path, *a))
+    done = prepare(FIXTURES / "windows-dynamic-10m.vhd", tmp_path / "out.vhd")
+    assert done.source_report.codes == ["azure.not-fixed"] and done.report.exit_code == 0
+    assert seen == ["windows-dynamic-10m.vhd", "out.vhd"]

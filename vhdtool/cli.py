@@ -137,6 +137,7 @@ def info(
             emit_json({"path": redact(image), "error": redact(message), "exit_code": EXIT_UNUSABLE})
             sys.exit(EXIT_UNUSABLE)
     emit_json(data) if as_json else print_info(data)
+    sys.exit(data.get("exit_code", 0))  # 1: a damaged image, shown with its findings
 
 
 @app.command()

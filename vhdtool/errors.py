@@ -28,3 +28,11 @@ class FormatError(VhdError):
 
 class NotVhdError(FormatError):
     """No VHD footer anywhere: the file may be a raw image."""
+
+
+class DamagedImageError(FormatError):
+    """The image has structural damage that changes what its virtual disk reads."""
+
+
+class WriterError(VhdError):
+    """A writer was used against its contract (unaligned, out of order, past the end)."""

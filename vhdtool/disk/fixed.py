@@ -20,8 +20,7 @@ from vhdtool.format.vhd.footer import (
     seal_footer,
 )
 from vhdtool.disk.image import Disk, zero
-
-SECTOR = 512
+from vhdtool.format.sector import SECTOR
 
 
 class FixedImage:

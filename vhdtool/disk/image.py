@@ -6,16 +6,15 @@ A `Disk` has `virtual_size`, `readinto(offset, buf)` / `read(offset, length)`, a
 over the chain for differencing images) so that nothing downstream ever reads a hole.
 
 Virtual size is the footer's current size, as libvhdi, VirtualBox, Hyper-V and QEMU 10 read
-it. qemu 7.2 instead multiplies the CHS geometry out (C*H*S*512, usually a little less) unless
-the creator is "win ", "qem2", "d2v ", "CTXS" or "tap\\0" or the geometry is 65535/16/255;
-`qemu_7_2_size()` computes what it would read so that `info` and `check` can say so.
+it (qemu 7.2 may read less: vhdtool.format.vhd.footer.qemu_7_2_size).
+
+A VHD is opened through vhdtool.disk.inspect, which runs the structural rules `check`
+reports; the reader refuses any finding in CHANGES_CONTENT rather than read around it.
 """
 
 from __future__ import annotations
 
 import os
-import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,101 +22,23 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
-from vhdtool.errors import FormatError, NotVhdError, VhdError
-from vhdtool.format.vhd.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors, parse_bat
-from vhdtool.format.vhd.footer import (
-    COOKIE,
-    FIXED_DATA_OFFSET,
-    FOOTER_SIZE,
-    SHORT_FOOTER_SIZE,
+from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, require_footer: re-exported
+    FooterLocation,
+    open_readonly,
+    pread_exact,
+    require_footer,
+)
+from vhdtool.disk.findings import Report
+from vhdtool.disk.inspect import inspect_open
+from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
+from vhdtool.errors import VhdError
+from vhdtool.format.sector import SECTOR
+from vhdtool.format.vhd.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors
+from vhdtool.format.vhd.footer import (  # noqa: F401  MAX_VHD_SIZE, qemu_7_2_size: re-exported
+    MAX_VHD_SIZE,
     DiskType,
-    footer_checksum,
-    geometry,
-    parse_footer,
+    qemu_7_2_size,
 )
-from vhdtool.format.vhd.header import (
-    HEADER_COOKIE,
-    HEADER_SIZE,
-    header_checksum,
-    parse_header,
-)
-
-SECTOR = 512
-# qemu 7.2 (block/vpc.c) reads current_size for these creators, CHS for every other one.
-QEMU_CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
-# QEMU and Hyper-V refuse larger VHDs (vpc.c VHD_MAX_SECTORS = 0xff000000).
-MAX_VHD_SIZE = 0xFF000000 * SECTOR
-MAX_CHAIN_DEPTH = 64  # a longer chain is treated as a cycle
-
-
-@dataclass(frozen=True)
-class FooterLocation:
-    """Where the footer was found and the raw bytes of it."""
-
-    footer: Container
-    raw: bytes
-    offset: int
-    source: str  # "tail", "tail-511" (old Virtual PC) or "head" (dynamic copy at offset 0)
-
-
-def open_readonly(path: Path) -> tuple[int, os.stat_result]:
-    """Open a regular file read-only, with one-line errors for everything else."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise VhdError("no such file", path) from None
-    except OSError as exc:
-        raise VhdError(exc.strerror or str(exc), path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VhdError("is a directory, not a disk image", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise VhdError("is not a regular file", path)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise VhdError(exc.strerror or str(exc), path) from None
-    return fd, st
-
-
-def pread_exact(fd: int, length: int, offset: int) -> bytes:
-    """Read up to `length` bytes at `offset` (short only at EOF)."""
-    return os.pread(fd, length, offset)
-
-
-def locate_footer(fd: int, size: int) -> FooterLocation | None:
-    """Find the footer the way libvhd does: EOF-512, then EOF-511, then the copy at 0."""
-    candidates = []
-    if size >= FOOTER_SIZE:
-        candidates.append((size - FOOTER_SIZE, FOOTER_SIZE, "tail"))
-    if size >= SHORT_FOOTER_SIZE:
-        # Virtual PC before 2004 wrote a 511-byte footer (libvhd vhd_read_short_footer).
-        candidates.append((size - SHORT_FOOTER_SIZE, SHORT_FOOTER_SIZE, "tail-511"))
-    if size >= FOOTER_SIZE:
-        # Dynamic and differencing images keep a copy at offset 0; libvhd falls back to it.
-        candidates.append((0, FOOTER_SIZE, "head"))
-    for offset, length, source in candidates:
-        raw = pread_exact(fd, length, offset)
-        if raw[:8] == COOKIE:
-            return FooterLocation(parse_footer(raw), raw.ljust(FOOTER_SIZE, b"\0"), offset, source)
-    return None
-
-
-def require_footer(fd: int, size: int, path: Path) -> FooterLocation:
-    """The footer (see locate_footer), or NotVhdError saying why there is none."""
-    if size < SHORT_FOOTER_SIZE:
-        raise NotVhdError(f"file is {size} bytes, too small to be a VHD (a footer is 512)", path)
-    found = locate_footer(fd, size)
-    if found is None:
-        raise NotVhdError("not a VHD: no 'conectix' footer at the end or start of the file", path)
-    return found
-
-
-def qemu_7_2_size(footer: Container) -> int:
-    """The virtual size qemu-img 7.2 reads from this footer (see module docstring)."""
-    chs = geometry(footer)
-    if footer.creator_application in QEMU_CURRENT_SIZE_CREATORS or chs.is_max:
-        return footer.current_size // SECTOR * SECTOR
-    return chs.capacity
 
 
 class Disk:
@@ -129,6 +50,7 @@ class Disk:
     footer: Container | None = None
     header: Container | None = None
     parent: Disk | None = None
+    findings: Report | None = None  # the structural findings it was opened through (VHD only)
 
     def __init__(self, path: Path, fd: int, st: os.stat_result):
         self.path, self.fd, self.stat = path, fd, st
@@ -307,76 +229,36 @@ class SparseDisk(Disk):
 
 
 def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
-    """Open `path` read-only as a virtual disk; `raw=True` takes the file as it is."""
-    from vhdtool.disk.parents import open_parent  # parents imports this module
+    """Open `path` read-only as a virtual disk; `raw=True` takes the file as it is.
 
+    A VHD is opened through its structural findings (the ones `vhdtool check` reports, kept
+    as `disk.findings` so that a caller reporting them parses the file once) and refused,
+    DamagedImageError, when any of them changes what the disk reads."""
     path = Path(path)
     fd, st = open_readonly(path)
+    if raw:
+        return FlatDisk(path, fd, st, st.st_size, "raw")
+    inspection = inspect_open(path, fd, st)
     try:
-        if raw:
-            return FlatDisk(path, fd, st, st.st_size, "raw")
-        disk = _open_vhd(path, fd, st)
-        if disk.footer.disk_type == DiskType.DIFFERENCING:
-            disk.parent = open_parent(disk, chain=[])
-        return disk
+        refuse_unreadable(inspection)
+        disk = disk_from(inspection)
     except BaseException:
-        os.close(fd)
+        inspection.close()
         raise
+    disk.findings = inspection.report
+    return disk
 
 
-def _open_vhd(path: Path, fd: int, st: os.stat_result) -> Disk:
-    size = st.st_size
-    found = require_footer(fd, size, path)
-    footer = found.footer
-    if footer_checksum(found.raw) != footer.checksum:
-        raise FormatError(
-            f"footer checksum mismatch (stored 0x{footer.checksum:08x}, "
-            f"computed 0x{footer_checksum(found.raw):08x}): the footer is damaged",
-            path,
-        )
+def disk_from(inspection: Inspection) -> Disk:
+    """The virtual disk of an inspection that has no unreadable finding (nor its parents)."""
+    footer = inspection.footer
+    path, fd, st = inspection.path, inspection.fd, inspection.stat
     if footer.disk_type == DiskType.FIXED:
-        data_end = found.offset if found.source != "head" else size
-        if footer.current_size > data_end:
-            raise FormatError(
-                f"fixed image is truncated: the footer says {footer.current_size} bytes of "
-                f"data, the file holds {data_end}",
-                path,
-            )
-        disk = FlatDisk(path, fd, st, footer.current_size, "fixed")
+        disk: Disk = FlatDisk(path, fd, st, footer.current_size, "fixed")
         disk.footer = footer
         return disk
-    if footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING):
-        return _open_sparse(path, fd, st, footer)
-    raise FormatError(f"unsupported disk type {footer.disk_type} (2 fixed, 3 dynamic, 4 differencing)", path)
-
-
-def _open_sparse(path: Path, fd: int, st: os.stat_result, footer: Container) -> SparseDisk:
-    size = st.st_size
-    offset = footer.data_offset
-    if offset == FIXED_DATA_OFFSET or offset + HEADER_SIZE > size:
-        raise FormatError(f"dynamic header offset {offset} is outside the {size}-byte file", path)
-    raw = pread_exact(fd, HEADER_SIZE, offset)
-    header = parse_header(raw)
-    if header.cookie != HEADER_COOKIE:
-        raise FormatError(f"no 'cxsparse' dynamic header at offset {offset}", path)
-    if header_checksum(raw) != header.checksum:
-        raise FormatError("dynamic header checksum mismatch: the header is damaged", path)
-    block_size = header.block_size
-    if block_size < SECTOR or block_size & (block_size - 1):
-        raise FormatError(f"block size {block_size} is not a power of two of at least 512", path)
-    entries = header.max_table_entries
-    needed = ranges.ceil_div(footer.current_size, block_size)
-    if entries < needed:
-        raise FormatError(
-            f"BAT has {entries} entries but {needed} are needed for {footer.current_size} bytes",
-            path,
-        )
-    # Only the entries the disk uses are read: a damaged header claiming 2^32 entries costs
-    # nothing, and the table must lie inside the file, which bounds memory by the file size.
-    table_end = header.table_offset + needed * 4
-    if header.table_offset % SECTOR or table_end > size:
-        raise FormatError(
-            f"BAT at offset {header.table_offset} ({needed} entries) is not inside the file", path
-        )
-    bat = parse_bat(pread_exact(fd, needed * 4, header.table_offset), needed)
-    return SparseDisk(path, fd, st, footer, header, bat)
+    needed = ranges.ceil_div(footer.current_size, inspection.header.block_size)
+    disk = SparseDisk(path, fd, st, footer, inspection.header, inspection.bat[:needed])
+    if inspection.parent is not None:
+        disk.parent = disk_from(inspection.parent)
+    return disk

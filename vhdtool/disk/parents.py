@@ -13,7 +13,10 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import unquote, urlparse
 
+from vhdtool.disk.file import open_readonly
+from vhdtool.disk.vhd_rules.structure import Inspection, inspect_file, refuse_unreadable
 from vhdtool.errors import FormatError, VhdError
+from vhdtool.format.vhd.footer import DiskType
 from vhdtool.format.vhd.header import (
     MACX,
     W2KU,
@@ -22,8 +25,8 @@ from vhdtool.format.vhd.header import (
     locator_data_space,
     parent_name,
 )
-from vhdtool.disk.image import MAX_CHAIN_DEPTH, Disk, SparseDisk, _open_vhd, open_readonly
 
+MAX_CHAIN_DEPTH = 64  # a longer chain is treated as a cycle
 MAX_LOCATOR_BYTES = 64 * 1024  # a path; anything larger is a damaged locator
 LOCATOR_ORDER = (W2KU, W2RU, MACX)
 
@@ -40,21 +43,22 @@ class ParentCycle(FormatError):
     """The chain loops back on itself (or is implausibly deep)."""
 
 
-def locator_paths(disk: SparseDisk) -> list[tuple[str, str]]:
+def locator_paths(child: Inspection) -> list[tuple[str, str]]:
     """(source, path text) of every readable locator, in the order they are tried."""
     found = []
+    header = child.header
     for code in LOCATOR_ORDER:
-        for loc in disk.header.parent_locators:
+        for loc in header.parent_locators:
             if loc.platform_code != code:
                 continue
             length = loc.platform_data_length
             if not 0 < length <= min(locator_data_space(loc), MAX_LOCATOR_BYTES):
                 continue
-            if loc.platform_data_offset + length > disk.file_size:
+            if loc.platform_data_offset + length > child.stat.st_size:
                 continue
-            data = os.pread(disk.fd, length, loc.platform_data_offset)
+            data = os.pread(child.fd, length, loc.platform_data_offset)
             found.append((code.decode(), decode_locator(code, data)))
-    name = parent_name(disk.header)
+    name = parent_name(header)
     if name:
         found.append(("parent name", name))
     return found
@@ -85,7 +89,7 @@ def is_file(path: Path) -> bool:
         return False
 
 
-def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
+def open_parent(child: Inspection, chain: list[Path]) -> Inspection:
     """Open the parent of `child` (recursively its own parents), verified by UUID."""
     seen = chain + [child.path.resolve()]
     if len(seen) > MAX_CHAIN_DEPTH:
@@ -94,18 +98,18 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
     mismatched: list[Path] = []
     tried: list[str] = []
     for source, text in locator_paths(child):
-        tried.append(f"{source} {text!r}")
+        tried.append(f"{source} '{text}'")  # as stored: repr would double each backslash
         for candidate in candidate_files(child.path, source, text):
             if not is_file(candidate):
                 continue
             if candidate.resolve() in seen:
                 raise ParentCycle(f"differencing chain has a cycle through {candidate}", child.path)
-            parent = _open_candidate(candidate)
+            parent = open_candidate(candidate)
             if parent.footer.unique_id != wanted:
                 mismatched.append(candidate)
                 parent.close()
                 continue
-            if parent.kind == "differencing":
+            if parent.footer.disk_type == DiskType.DIFFERENCING:
                 try:
                     parent.parent = open_parent(parent, seen)
                 except BaseException:
@@ -122,10 +126,34 @@ def open_parent(child: SparseDisk, chain: list[Path]) -> Disk:
     raise ParentNotFound(f"parent image not found (tried {where})", child.path)
 
 
-def _open_candidate(path: Path) -> Disk:
+def open_candidate(path: Path) -> Inspection:
+    """A candidate parent whose own structure the reader accepts (its parent not yet opened)."""
     fd, st = open_readonly(path)
+    parent = inspect_file(path, fd, st)
     try:
-        return _open_vhd(path, fd, st)
+        refuse_unreadable(parent)
     except VhdError:
-        os.close(fd)
+        parent.close()
         raise
+    return parent
+
+
+def check_chain(child: Inspection) -> None:
+    """Resolve the parents the way the reader uses them; a failure is a finding naming the
+    file it concerns. On success `child.parent` holds the open chain."""
+    report = child.report
+    try:
+        child.parent = open_parent(child, chain=[])
+    except ParentNotFound as exc:
+        report.add("parent.missing", str(exc))
+    except ParentMismatch as exc:
+        report.add("parent.uuid-mismatch", str(exc))
+    except ParentCycle as exc:
+        report.add("parent.cycle", str(exc))
+    except VhdError as exc:
+        report.add("parent.invalid", f"the parent chain cannot be opened: {exc}")
+    except OSError as exc:  # reading a locator or a candidate failed (EIO, EACCES)
+        report.add("parent.invalid", f"the parent chain cannot be read: {exc.strerror or exc}")
+    else:
+        names = " <- ".join(str(item.path) for item in child.parent.chain())
+        report.add("parent.chain", f"parent chain (UUIDs match): {child.path} <- {names}")

@@ -15,6 +15,8 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
+from vhdtool.errors import WriterError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.bat import (
     UNALLOCATED,
     bat_bytes,
@@ -30,7 +32,6 @@ from vhdtool.format.vhd.header import (
     seal_header,
 )
 
-SECTOR = 512
 
 
 @dataclass
@@ -98,9 +99,9 @@ class SparseImageWriter:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Store `data` at virtual `offset` (sector aligned, offsets never decreasing)."""
         if offset % SECTOR or len(data) % SECTOR or offset < self._last_offset:
-            raise ValueError("writes must be sector aligned and in increasing order")
+            raise WriterError("writes must be sector aligned and in increasing order")
         if offset + len(data) > self.size:
-            raise ValueError("write past the end of the disk")
+            raise WriterError("write past the end of the disk")
         self._last_offset = offset
         view = memoryview(data)
         while view:

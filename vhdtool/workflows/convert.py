@@ -18,13 +18,13 @@ from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.disk.fixed import FixedImage
 from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
 from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
+from vhdtool.disk.file import raw_by_name
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.engine.output import atomic_file
 from vhdtool.engine.sink import copy_nonzero, sparse_output
 from vhdtool.disk.writer import SparseImageWriter
 
 SECTOR = 512
-RAW_SUFFIXES = (".raw", ".img")
 
 
 class Format(str, Enum):
@@ -52,7 +52,7 @@ def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
     try:
         return open_disk(path), "read as VHD"
     except NotVhdError:
-        if given is None and path.suffix.lower() in RAW_SUFFIXES:
+        if given is None and raw_by_name(path):
             return open_disk(path, raw=True), f"read as raw (no VHD footer, name ends in {path.suffix})"
         raise
 

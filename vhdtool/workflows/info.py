@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from construct import Container
 
+from vhdtool.disk.file import open_readonly, raw_by_name
+from vhdtool.disk.inspect import inspect_open
+from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
+from vhdtool.disk.parents import locator_paths
 from vhdtool.errors import FormatError, NotVhdError
-from vhdtool.format.vhd.bat import UNALLOCATED
 from vhdtool.format.vhd.footer import (
     COOKIE,
     CREATORS,
@@ -18,30 +23,47 @@ from vhdtool.format.vhd.footer import (
     disk_type_name,
     footer_checksum,
     geometry,
+    qemu_7_2_size,
 )
 from vhdtool.format.vhd.header import (
+    block_size_valid,
     build_header,
     header_checksum,
     locator_data_space,
     parent_name,
 )
 from vhdtool.format.vhd.timestamp import to_iso
-from vhdtool.disk.image import Disk, SparseDisk, qemu_7_2_size
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import Access
 
 
 def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
-    """Everything `info` shows, as plain JSON-able data. A file is raw by convert's rule."""
-    from vhdtool.workflows.convert import open_source
-
-    disk, _ = open_source(path, "raw" if raw else None)
-    with disk:
-        out = describe_disk(disk)
-        if disk.parent is not None:
-            out["parent_chain"] = [describe_disk(p) for p in disk.chain()[1:]]
+    """Everything `info` shows, as plain JSON-able data. A damaged image shows every field
+    that could be decoded plus its structural findings and exit code 1 (as qemu-img info);
+    only a file that holds no VHD at all is an error."""
+    path_ = Path(path)
+    fd, st = open_readonly(path_)
+    if raw:
+        os.close(fd)
+        return file_fields(path_, "raw", st.st_size, st)
+    inspection = inspect_open(path_, fd, st)
+    try:
+        report = inspection.report
+        if inspection.found is None:  # no footer: raw by convert's name rule, else nothing to show but why
+            if raw_by_name(path_):
+                return file_fields(path_, "raw", st.st_size, st)
+            refuse_unreadable(inspection)
+        out = describe_file(inspection)
+        if inspection.parent is not None:
+            out["parent_chain"] = [describe_file(p) for p in inspection.chain()[1:]]
+        problems = [f.to_dict() for f in report.findings if f.code != "parent.chain"]
+        if problems:
+            out["findings"] = problems
+        out["exit_code"] = report.exit_code
         return out
+    finally:
+        inspection.close()
 
 
 def describe_blob(url: str, access: Access | None = None) -> dict[str, Any]:
@@ -75,22 +97,34 @@ def describe_blob(url: str, access: Access | None = None) -> dict[str, Any]:
     }
 
 
-def describe_disk(disk: Disk) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "path": str(disk.path),
-        "type": disk.kind,
-        "virtual_size": disk.virtual_size,
-        "file_size": disk.file_size,
-        "allocated_on_disk": disk.stat.st_blocks * 512,
+def file_fields(path: Path, kind: str, virtual_size: int, st: os.stat_result) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "type": kind,
+        "virtual_size": virtual_size,
+        "file_size": st.st_size,
+        "allocated_on_disk": st.st_blocks * 512,  # st_blocks counts 512-byte units (POSIX)
     }
-    if disk.footer is not None:
-        out["footer"] = footer_fields(disk.footer)
-        out["qemu_7_2_virtual_size"] = qemu_7_2_size(disk.footer)
-    if isinstance(disk, SparseDisk):
-        out["dynamic_header"] = header_fields(disk)
-        out["block_size"] = disk.block_size
-        out["block_count"] = len(disk.bat)
-        out["allocated_blocks"] = int((disk.bat != UNALLOCATED).sum())
+
+
+def describe_file(inspection: Inspection) -> dict[str, Any]:
+    """The fields of one VHD file that its structures let us decode."""
+    footer = inspection.footer
+    kind = disk_type_name(footer.disk_type) or str(footer.disk_type)
+    out = file_fields(inspection.path, kind, footer.current_size, inspection.stat)
+    out["footer"] = footer_fields(footer)
+    out["qemu_7_2_virtual_size"] = qemu_7_2_size(footer)
+    header = inspection.header
+    if header is not None:
+        out["dynamic_header"] = header_fields(inspection)
+        out["block_size"] = header.block_size
+        if inspection.bat is not None and block_size_valid(header.block_size):
+            from vhdtool import ranges  # numpy: dynamic and differencing images only
+            from vhdtool.format.vhd.bat import UNALLOCATED
+
+            bat = inspection.bat[: ranges.ceil_div(footer.current_size, header.block_size)]
+            out["block_count"] = len(bat)
+            out["allocated_blocks"] = int((bat != UNALLOCATED).sum())
     return out
 
 
@@ -122,11 +156,9 @@ def footer_fields(f: Container) -> dict[str, Any]:
     }
 
 
-def header_fields(disk: SparseDisk) -> dict[str, Any]:
-    from vhdtool.disk.parents import locator_paths
-
-    h = disk.header
-    paths = dict(locator_paths(disk))
+def header_fields(inspection: Inspection) -> dict[str, Any]:
+    h = inspection.header
+    paths = dict(locator_paths(inspection))
     return {
         "cookie": h.cookie.decode("latin-1"),
         "table_offset": h.table_offset,

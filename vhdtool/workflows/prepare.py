@@ -19,13 +19,15 @@ from vhdtool.workflows.check import (
     Report,
     Target,
     check_image,
+    disk_report,
     unrepaired,
 )
 from vhdtool.workflows.convert import open_source, write_sparse
 from vhdtool.workflows.check.target_rules import LIMITS
 from vhdtool.errors import VhdError
 from vhdtool.disk.fixed import FixedImage
-from vhdtool.disk.image import Disk, qemu_7_2_size
+from vhdtool.disk.image import Disk
+from vhdtool.format.vhd.footer import qemu_7_2_size
 
 MiB = 1024 * 1024
 
@@ -81,7 +83,7 @@ def prepare(
     disk, rule = open_source(src, from_)
     with disk:
         size = prepared_size(disk.virtual_size, target)
-        before = None if disk.kind == "raw" else check_image(src, target)
+        before = None if disk.kind == "raw" else disk_report(disk, target)
         rewrite = readers_disagree(disk)
         if before is not None and before.exit_code == 0 and rewrite is None:
             if dest is None:

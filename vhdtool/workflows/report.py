@@ -37,7 +37,7 @@ def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
 
 
 def print_info(data: dict[str, Any]) -> None:
-    summary = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    summary = {k: v for k, v in data.items() if not isinstance(v, (dict, list)) and k != "exit_code"}
     print_table(f"{data['path']}", summary)
     if "footer" in data:
         print_table("Footer", data["footer"])
@@ -45,10 +45,17 @@ def print_info(data: dict[str, Any]) -> None:
         header = data["dynamic_header"]
         print_table("Dynamic header", header)
         for loc in header["parent_locators"]:
-            typer.echo(f"  locator {loc['platform_code']}: {loc['path']!r} "
+            # Shown as stored: a Windows path keeps its single backslashes.
+            typer.echo(f"  locator {loc['platform_code']}: {loc['path']} "
                        f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
     for parent in data.get("parent_chain", []):
         print_table(f"Parent {parent['path']}", {k: v for k, v in parent.items()
                                                  if not isinstance(v, (dict, list))})
         if "footer" in parent:
             typer.echo(f"  unique id  {parent['footer']['unique_id']}")
+    findings = data.get("findings", [])
+    if findings:
+        typer.echo("Findings (vhdtool check explains each)")
+        width = max(len(f["code"]) for f in findings)
+        for f in findings:
+            typer.echo(f"  {f['severity']:<7} {f['code']:<{width}}  {f['message']}")

@@ -133,17 +133,18 @@ class SourceIdentity:
         return self.mismatch(props) is None and (props.metadata or {}).get(STATE_KEY) == COMPLETE
 
 
-def refuse_unfixable(path: Path, align: bool) -> None:
+def refuse_unfixable(disk: Disk, align: bool) -> None:
     """Refuse, before anything is sent, a source `check --target azure` fails for a reason that
     on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align)."""
     from vhdtool.workflows.check import (
         REPAIRED_BY_ALIGNMENT,
         REPAIRED_BY_CONVERSION,
-        check_image,
+        disk_report,
         unrepaired,
     )
 
-    for finding in unrepaired(check_image(path, "azure"), REPAIRED_BY_CONVERSION):
+    path = disk.path
+    for finding in unrepaired(disk_report(disk, "azure"), REPAIRED_BY_CONVERSION):
         if finding.code in REPAIRED_BY_ALIGNMENT:
             if align:
                 continue
@@ -348,8 +349,8 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
     src = Path(src)
     if options.workers < 1:
         raise VhdError("--workers must be at least 1")
-    refuse_unfixable(src, options.align)
     with open_disk(src) as disk:
+        refuse_unfixable(disk, options.align)
         image = fixed_image(disk, options.align)
         identity = SourceIdentity.of(disk, image.virtual_size)
         result = UploadResult(str(location), image.virtual_size)

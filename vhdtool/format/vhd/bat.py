@@ -3,8 +3,8 @@
 import numpy as np
 
 from vhdtool.errors import FormatError
+from vhdtool.format.sector import SECTOR
 
-SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 BAT_DTYPE = np.dtype(">u4")  # big-endian u32 sector numbers
 

@@ -8,6 +8,7 @@ from enum import IntEnum
 
 from construct import Bytes, Container, Int8ub, Int16ub, Int32ub, Int64ub, Struct
 
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.checksum import parse_exact, seal, vhd_checksum
 from vhdtool.format.vhd.geometry import Chs, chs_for_size
 from vhdtool.format.vhd.timestamp import now
@@ -112,6 +113,21 @@ def seal_footer(footer: Container) -> bytes:
 def geometry(footer: Container) -> Chs:
     g = footer.disk_geometry
     return Chs(g.cylinders, g.heads, g.sectors_per_track)
+
+
+# qemu 7.2 (block/vpc.c) reads current_size for these creators, CHS for every other one.
+QEMU_CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0")
+# QEMU and Hyper-V refuse larger VHDs (vpc.c VHD_MAX_SECTORS = 0xff000000).
+MAX_VHD_SIZE = 0xFF000000 * SECTOR
+
+
+def qemu_7_2_size(footer: Container) -> int:
+    """The virtual size qemu-img 7.2 reads: current_size for the creators above or the
+    65535/16/255 marker, else the CHS geometry multiplied out (usually a little less)."""
+    chs = geometry(footer)
+    if footer.creator_application in QEMU_CURRENT_SIZE_CREATORS or chs.is_max:
+        return footer.current_size // SECTOR * SECTOR
+    return chs.capacity
 
 
 def new_footer(

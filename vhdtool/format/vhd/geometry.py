@@ -5,7 +5,8 @@ Integer division throughout; QEMU calculate_geometry, libvhd vhd_chs and Hyper-V
 
 from typing import NamedTuple
 
-SECTOR = 512
+from vhdtool.format.sector import SECTOR
+
 # Windows, Disk2vhd and qemu (force_size) write this for disks the table cannot describe.
 MAX_CYLINDERS, MAX_HEADS, MAX_SECTORS_PER_TRACK = 65535, 16, 255
 MAX_CHS_SECTORS = MAX_CYLINDERS * MAX_HEADS * MAX_SECTORS_PER_TRACK  # 267,382,800 (~127.5 GiB)

@@ -6,6 +6,7 @@ Dynamic and differencing images keep it at the footer's data offset (normally 51
 from construct import Array, Bytes, Container, Int32ub, Int64ub, Struct
 
 from vhdtool.errors import FormatError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.checksum import parse_exact, seal, vhd_checksum
 
 HEADER_SIZE = 1024
@@ -118,6 +119,11 @@ def parent_name(header: Container) -> str:
             raw = raw[:i]
             break
     return raw.decode("utf-16-be", errors="replace")
+
+
+def block_size_valid(block_size: int) -> bool:
+    """A power of two of at least a sector (QEMU vpc_open: "Invalid block size")."""
+    return block_size >= SECTOR and not block_size & (block_size - 1)
 
 
 def locator_data_space(locator: Container) -> int:

@@ -1,5 +1,8 @@
 """`vhdtool check`: structural validation and Azure suitability of a VHD, all findings at once.
 
+The structural rules live in vhdtool.disk (the reader acts on the same findings); this
+package adds the target rules (Azure, interoperability) and renders the report.
+
 `check_image(path, target)` returns a `Report` (findings with stable codes, severities,
 messages and fix commands, plus the exit code); the CLI only renders it. Importing this
 package is light (no numpy): the rules load on the first call.
@@ -8,8 +11,10 @@ package is light (no numpy): the rules load on the first call.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from vhdtool.workflows.check.findings import (
+from vhdtool.disk.findings import (
     CODES,
     REPAIRED_BY_ALIGNMENT,
     REPAIRED_BY_CONVERSION,
@@ -21,9 +26,12 @@ from vhdtool.workflows.check.findings import (
     unrepaired,
 )
 
+if TYPE_CHECKING:
+    from vhdtool.disk.image import Disk
+
 __all__ = [
     "CODES", "REPAIRED_BY_ALIGNMENT", "REPAIRED_BY_CONVERSION", "UNUSABLE_CODES", "Finding", "Report",
-    "Severity", "Target", "check_image", "unrepaired",
+    "Severity", "Target", "check_image", "disk_report", "unrepaired",
 ]
 
 
@@ -32,3 +40,12 @@ def check_image(path: str | os.PathLike, target: Target | str = Target.AZURE) ->
     from vhdtool.workflows.check.run import run_checks
 
     return run_checks(path, Target(target))
+
+
+def disk_report(disk: Disk, target: Target | str = Target.AZURE) -> Report:
+    """The check report of an image opened by `open_disk`, for `target`, without reading the
+    file again (the structural findings came with the disk)."""
+    from vhdtool.workflows.check.run import add_target_rules
+
+    return add_target_rules(replace(disk.findings, findings=list(disk.findings.findings)), disk.footer,
+                            disk.file_size, Target(target))

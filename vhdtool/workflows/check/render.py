@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vhdtool.workflows.check.findings import Report
+from vhdtool.disk.findings import Report
 from vhdtool.units import format_size
 
 

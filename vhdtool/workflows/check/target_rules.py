@@ -11,10 +11,8 @@ from pathlib import Path
 
 from construct import Container
 
-from vhdtool import ranges
-from vhdtool.workflows.check.findings import Report, Severity, Target
-from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, creator_text, geometry
-from vhdtool.disk.image import MAX_VHD_SIZE, qemu_7_2_size
+from vhdtool.disk.findings import Report, Severity, Target
+from vhdtool.format.vhd.footer import FOOTER_SIZE, MAX_VHD_SIZE, DiskType, creator_text, geometry, qemu_7_2_size
 
 MiB = 1024**2
 TiB = 1024**4
@@ -123,6 +121,8 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             prepare,
         )
     if size % MiB:
+        from vhdtool import ranges  # numpy: not needed to check a fixed image that is whole MiB
+
         up = ranges.round_up(size, MiB)
         report.add(
             "azure.size-not-mib",

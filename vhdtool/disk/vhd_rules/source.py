@@ -1,6 +1,6 @@
-"""Opening the file under check and finding its footer, without trusting anything in it.
+"""Opening the file and finding its footer, without trusting anything in it.
 
-Unlike `open_disk`, nothing here stops at a damaged footer: when no footer carries the
+Nothing here stops at a damaged footer: when no footer carries the
 "conectix" cookie but the last sector is plainly a footer with a damaged cookie, it is
 used anyway so that every other rule still runs.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
-from vhdtool.workflows.check.findings import Report
+from vhdtool.disk.file import FooterLocation, locate_footer, open_readonly, pread_exact
+from vhdtool.disk.findings import Report
 from vhdtool.errors import VhdError
 from vhdtool.format.vhd.footer import (
     COOKIE,
@@ -23,34 +23,7 @@ from vhdtool.format.vhd.footer import (
     footer_checksum,
     parse_footer,
 )
-from vhdtool.disk.image import FooterLocation, locate_footer, open_readonly, pread_exact
-
-SECTOR = 512
-
-
-@dataclass(frozen=True)
-class VhdFile:
-    """An open file with the footer it is checked against."""
-
-    path: Path
-    fd: int
-    stat: os.stat_result
-    found: FooterLocation
-
-    @property
-    def size(self) -> int:
-        return self.stat.st_size
-
-    @property
-    def data_end(self) -> int:
-        """Where blocks and fixed data must end: the tail footer, or EOF if there is none."""
-        return self.size if self.found.source == "head" else self.found.offset
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Bytes at a (possibly absurd) offset from the file: nothing past its end."""
-        if length <= 0 or offset >= self.size:
-            return b""
-        return pread_exact(self.fd, length, offset)
+from vhdtool.format.sector import SECTOR
 
 
 def open_failure_code(path: Path) -> str:
@@ -68,12 +41,13 @@ def open_failure_code(path: Path) -> str:
     return "file.unreadable"
 
 
-def open_for_check(report: Report, path: Path) -> tuple[int, os.stat_result] | None:
+def open_for_check(report: Report, path: Path) -> tuple[int, os.stat_result] | Report:
+    """The open file, or `report` holding the finding that says why it cannot be opened."""
     try:
         return open_readonly(path)
     except VhdError as exc:
         report.add(open_failure_code(path), exc.detail)
-        return None
+        return report
 
 
 def check_length(report: Report, size: int) -> bool:

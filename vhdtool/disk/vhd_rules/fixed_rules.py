@@ -3,8 +3,8 @@ first sector besides the footer, whatever the image size."""
 
 from __future__ import annotations
 
-from vhdtool.workflows.check.findings import Report
-from vhdtool.workflows.check.source import VhdFile
+from vhdtool.disk.findings import Report
+from vhdtool.disk.file import VhdFile
 from vhdtool.format.vhd.footer import COOKIE, FOOTER_SIZE
 
 

@@ -1,5 +1,8 @@
 """What `check` reports: findings with stable codes, grouped in a report with a verdict.
 
+The structural findings are also what the reader acts on: it refuses an image with any of
+CHANGES_CONTENT (the disk it would read is not the one the file describes).
+
 Codes are part of the interface (scripts and later commands match on them): never rename one.
 Each code has one fixed severity; a few mean the input cannot be checked at all (exit 2).
 """
@@ -112,6 +115,38 @@ UNUSABLE_CODES = frozenset(
         "footer.missing",
     }
 )
+# No VHD in the file at all: a command may then take it as a raw image (convert, prepare).
+NOT_A_VHD_CODES = frozenset({"file.empty", "file.too-small", "footer.missing"})
+
+# The disk an image reads would differ from the one its file describes (blocks cut off or
+# shared, a table or header that cannot be trusted, a wrong or missing parent): every command
+# that reads the virtual disk refuses the image. QEMU vpc_open refuses most of these too.
+CHANGES_CONTENT = frozenset(
+    {
+        "file.read-error",
+        "footer.cookie",
+        "footer.checksum",
+        "footer.disk-type",
+        "footer.data-offset",
+        "footer.tail-missing",
+        "fixed.truncated",
+        "header.cookie",
+        "header.checksum",
+        "header.block-size",
+        "bat.offset",
+        "bat.beyond-eof",
+        "bat.too-small",
+        "bat.too-large",
+        "bat.entry-in-metadata",
+        "bat.entry-past-eof",
+        "bat.block-truncated",
+        "bat.overlap",
+        "parent.missing",
+        "parent.uuid-mismatch",
+        "parent.cycle",
+        "parent.invalid",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +182,11 @@ class Report:
 
     def count(self, severity: Severity) -> int:
         return sum(f.severity == severity for f in self.findings)
+
+    def unreadable(self) -> list[str]:
+        """Codes of the findings that make the virtual disk unreadable or not what the file
+        describes (see CHANGES_CONTENT), in the order found."""
+        return [c for c in self.codes if c in UNUSABLE_CODES or c in CHANGES_CONTENT]
 
     @property
     def usable(self) -> bool:

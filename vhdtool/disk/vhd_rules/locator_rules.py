@@ -1,19 +1,14 @@
 """Differencing rules: well-formed parent locators (vhd-util check
-vhd_util_check_validate_parent_locator) and a parent chain that resolves, by UUID, without
-a cycle (resolved by vhdtool.disk.parents, exactly as the reader will resolve it)."""
+vhd_util_check_validate_parent_locator). Whether the chain resolves is vhdtool.disk.parents."""
 
 from __future__ import annotations
 
-import numpy as np
 from construct import Container
 
-from vhdtool.workflows.check.findings import Report
-from vhdtool.workflows.check.source import VhdFile
-from vhdtool.errors import VhdError
-from vhdtool.format.vhd.bat import BAT_DTYPE
+from vhdtool.disk.findings import Report
+from vhdtool.disk.file import VhdFile
 from vhdtool.format.vhd.footer import creator_text
 from vhdtool.format.vhd.header import MACX, PLATFORM_NONE, W2KU, W2RU, locator_data_space
-from vhdtool.disk.image import SparseDisk
 
 # Platform codes libvhd accepts (vhd_validate_platform_code): "Mac " is a Mac OS alias
 # record, "Wi2r"/"Wi2k" are the deprecated non-Unicode Windows paths.
@@ -54,26 +49,3 @@ def check_locators(report: Report, vf: VhdFile, header: Container) -> None:
                 f"parent locator {index} ('{creator_text(loc.platform_code)}') has {problem} "
                 "(vhd-util check: invalid parent locator)",
             )
-
-
-def check_chain(report: Report, vf: VhdFile, header: Container) -> None:
-    """Resolve the parents the way the reader does; a failure names the file it concerns."""
-    from vhdtool.disk.parents import ParentCycle, ParentMismatch, ParentNotFound, open_parent
-
-    # open_parent reads only the child's header and locator data, never its BAT.
-    no_blocks = np.empty(0, dtype=BAT_DTYPE)
-    child = SparseDisk(vf.path, vf.fd, vf.stat, vf.found.footer, header, no_blocks)
-    try:
-        parent = open_parent(child, chain=[])
-    except ParentNotFound as exc:
-        report.add("parent.missing", str(exc))
-    except ParentMismatch as exc:
-        report.add("parent.uuid-mismatch", str(exc))
-    except ParentCycle as exc:
-        report.add("parent.cycle", str(exc))
-    except VhdError as exc:
-        report.add("parent.invalid", f"the parent chain cannot be opened: {exc}")
-    else:
-        names = " <- ".join(str(disk.path) for disk in parent.chain())
-        report.add("parent.chain", f"parent chain (UUIDs match): {vf.path} <- {names}")
-        parent.close()

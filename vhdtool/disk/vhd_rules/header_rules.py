@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from construct import Container
 
-from vhdtool.workflows.check.findings import Report
-from vhdtool.workflows.check.source import VhdFile
+from vhdtool.disk.findings import Report
+from vhdtool.disk.file import VhdFile
 from vhdtool.format.vhd.footer import FIXED_DATA_OFFSET, FOOTER_SIZE, DiskType
 from vhdtool.format.vhd.header import (
     HEADER_COOKIE,
@@ -14,16 +14,11 @@ from vhdtool.format.vhd.header import (
     HEADER_SIZE,
     HEADER_VERSION,
     PLATFORM_NONE,
+    block_size_valid,
     header_checksum,
     parse_header,
 )
 
-SECTOR = 512
-
-
-def block_size_valid(block_size: int) -> bool:
-    """A power of two of at least a sector (QEMU vpc_open: "Invalid block size")."""
-    return block_size >= SECTOR and not block_size & (block_size - 1)
 
 
 def read_header(report: Report, vf: VhdFile) -> Container | None:

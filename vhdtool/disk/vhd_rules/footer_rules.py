@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from construct import Container
 
-from vhdtool.workflows.check.findings import Report
-from vhdtool.workflows.check.source import VhdFile
+from vhdtool.disk.findings import Report
+from vhdtool.disk.file import VhdFile
 from vhdtool.format.vhd.footer import (
     COOKIE,
     FEATURE_RESERVED,
@@ -23,8 +23,8 @@ from vhdtool.format.vhd.footer import (
     parse_footer,
 )
 from vhdtool.format.vhd.timestamp import now, to_iso
+from vhdtool.format.sector import SECTOR
 
-SECTOR = 512
 # vhd-util check TIMESTAMP_MAX_SLACK: 30 minutes of clock skew (NFS servers) are tolerated.
 TIMESTAMP_SLACK = 1800
 KNOWN_TYPES = (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING)

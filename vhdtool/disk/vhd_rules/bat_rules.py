@@ -10,14 +10,13 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
-from vhdtool.workflows.check.findings import Report
-from vhdtool.workflows.check.header_rules import block_size_valid
-from vhdtool.workflows.check.source import VhdFile
+from vhdtool.disk.findings import Report
+from vhdtool.disk.file import VhdFile
 from vhdtool.format.vhd.bat import UNALLOCATED, bat_bytes, bitmap_bytes, parse_bat
 from vhdtool.format.vhd.footer import FOOTER_SIZE
-from vhdtool.format.vhd.header import HEADER_SIZE, PLATFORM_NONE, locator_data_space
+from vhdtool.format.vhd.header import HEADER_SIZE, PLATFORM_NONE, block_size_valid, locator_data_space
+from vhdtool.format.sector import SECTOR
 
-SECTOR = 512
 ENTRY = 4
 # 16 MiB of table. The largest VHD QEMU and Hyper-V open (2040 GiB) needs 4,177,920 entries
 # with 512 KiB blocks, the smallest Hyper-V offers; a header claiming more is damaged, and we
