@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -78,13 +79,28 @@ def scattered_vhd(path: Path, size: int, pieces: int, seed: int, piece: int = 64
     return path
 
 
-def check_blob_is(blob, expected: bytes) -> None:
-    """Exact content, exact page ranges (the non-zero pages), Content-MD5 of the content."""
+def sparse_sha256(content: bytes) -> str:
+    """The sparse digest of `content`, from its bytes: SHA-256 of (size, SHA-256 of the
+    non-zero runs as little-endian (start, end) pairs, SHA-256 of their data)."""
+    runs = page_runs(content)
+    pairs = b"".join(struct.pack("<QQ", s, e) for s, e in runs)
+    data = b"".join(content[s:e] for s, e in runs)
+    return hashlib.sha256(struct.pack("<Q", len(content)) + hashlib.sha256(pairs).digest()
+                          + hashlib.sha256(data).digest()).hexdigest()
+
+
+def check_blob_is(blob, expected: bytes, md5: bool = False) -> None:
+    """Exact content, exact page ranges (the non-zero pages), the sparse digest of the content
+    in the metadata, and with `md5` its Content-MD5 (without, none)."""
     props = blob.get_blob_properties()
     assert props.blob_type == "PageBlob" and props.size == len(expected)
     assert blob_ranges(blob) == page_runs(expected)
-    assert bytes(props.content_settings.content_md5) == hashlib.md5(expected).digest()
-    assert props.metadata["vhdtool_md5"] == base64.b64encode(hashlib.md5(expected).digest()).decode()
+    assert props.metadata["vhdtool_sparse_sha256"] == sparse_sha256(expected)
+    if md5:
+        assert bytes(props.content_settings.content_md5) == hashlib.md5(expected).digest()
+        assert props.metadata["vhdtool_md5"] == base64.b64encode(hashlib.md5(expected).digest()).decode()
+    else:
+        assert props.content_settings.content_md5 is None and "vhdtool_md5" not in props.metadata
     assert blob_content(blob) == expected
 
 
@@ -248,12 +264,17 @@ def test_rerun_sends_nothing_and_no_resume_sends_everything(azurite, container) 
     check_blob_is(container.get_blob_client("r.vhd"), image_bytes(KINDS["dynamic"]))
 
 
-def test_no_md5(azurite, container) -> None:
-    result = upload(KINDS["fixed"], location(azurite, container, "n.vhd"), UploadOptions(md5=False))
-    props = container.get_blob_client("n.vhd").get_blob_properties()
-    assert result.content_md5 is None and props.content_settings.content_md5 is None
-    assert "vhdtool_md5" not in props.metadata and props.metadata["vhdtool_state"] == "complete"
-    assert blob_content(container.get_blob_client("n.vhd")) == image_bytes(KINDS["fixed"])
+def test_whole_blob_md5_is_opt_in(azurite, container, cli) -> None:
+    """Without --md5 no Content-MD5 (hashing every zero of the disk); with it, the exact one."""
+    args = ["--container", container.container_name, "--name", "n.vhd"]
+    done = cli("upload", str(KINDS["fixed"]), *args, env=conn_env(azurite))
+    assert done.code == 0 and "md5:" not in done.out, done.err
+    blob = container.get_blob_client("n.vhd")
+    check_blob_is(blob, image_bytes(KINDS["fixed"]), md5=False)
+    assert f"digest:   {sparse_sha256(image_bytes(KINDS['fixed']))}" in done.out
+    done = cli("upload", str(KINDS["dynamic"]), *args, "--md5", "--overwrite", env=conn_env(azurite))
+    assert done.code == 0, done.err
+    check_blob_is(blob, image_bytes(KINDS["dynamic"]), md5=True)
 
 
 @pytest.mark.parametrize("offset, symptom", [

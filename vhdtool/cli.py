@@ -270,9 +270,12 @@ def upload(
     workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start again from an empty blob even if it holds part of this upload.")] = False,
-    no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,
+    md5: Annotated[bool, typer.Option("--md5/--no-md5", help="Compute and set the blob's Content-MD5 (hashes every zero of the disk; each Put Page carries its own MD5 either way).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Afterwards, check the blob's page ranges and read its data back to compare MD5s.")] = False,
     align: Annotated[bool, typer.Option("--align", help="Round a virtual size that is not whole MiB up, on the fly.")] = False,
+    managed_disk: Annotated[bool, typer.Option("--managed-disk", help="DEST is a managed disk created for upload (az disk create --for-upload): write pages only; progress kept in a local journal. Implied when the SAS cannot read the blob.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent (bytes, requests, blob size); contact nothing.")] = False,
+    cap_mbps: Annotated[Optional[float], typer.Option("--cap-mbps", help="Bandwidth cap in megabits per second.")] = None,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -287,19 +290,28 @@ def upload(
     from vhdtool.workflows.upload import upload as do_upload
 
     location = blob_from_args(dest, container, name, connection_string)
-    options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
-                            verify=verify, align=align, log=note)
+    options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=md5,
+                            verify=verify, align=align, managed_disk=managed_disk, dry_run=dry_run,
+                            cap_mbps=cap_mbps, log=note)
     done = do_upload(src, location, options)
+    if dry_run:
+        typer.echo(f"would upload {src} -> {location} ({done.blob_size:,} byte page blob)")
+        typer.echo(f"  would send: {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
+        typer.echo(f"  skipped:    {done.zero_pages:,} zero pages")
+        return
     if done.already_complete and not done.sent_bytes:
         typer.echo(f"{location} already holds this upload of {src}: nothing sent")
     else:
-        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} page blob"
+        kind = "managed disk" if done.managed_disk else "page blob"
+        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} {kind}"
                    f"{', resumed' if done.resumed else ''})")
         typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
         typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
     typer.echo(f"  retries:  {done.retries}")
     if done.content_md5:
         typer.echo(f"  md5:      {done.content_md5}")
+    if done.sparse_digest:
+        typer.echo(f"  digest:   {done.sparse_digest} (sparse SHA-256)")
     if done.verified:
         typer.echo("  verified: page ranges and MD5 match")
     typer.echo(f"  time:     {done.seconds:.2f} s")

@@ -2,9 +2,17 @@
 
 The source (fixed, dynamic or differencing) is streamed as the fixed VHD it represents
 (`FixedImage`, no temporary file) in one engine pass: allocated data is read once, zero pages
-are dropped, the non-zero runs go out as Put Page requests (512-aligned, at most 4 MiB) from
-N workers, and the blob's Content-MD5 is computed in the same pass, the zero gaps hashed
-from a zero buffer.
+are dropped, the non-zero runs go out as Put Page requests (512-aligned, at most 4 MiB, each
+with the Content-MD5 of its body) from N workers. The same pass computes the sparse digest
+(vhdtool.workflows.sparse_digest) recorded in the blob's metadata, and with --md5 the blob's
+whole Content-MD5 (every zero of the disk hashed: opt-in, as AzCopy's --put-md5).
+
+Two kinds of destination:
+- a page blob vhdtool creates and owns (metadata, lease, page ranges: below);
+- a managed disk created for upload (`az disk create --for-upload`): an existing blob whose
+  SAS allows page writes only. Chosen by --managed-disk, or when the blob's properties cannot
+  be read. Its size must be the fixed VHD's; progress is kept in a local journal
+  (vhdtool.workflows.journal) since the blob can hold none.
 
 Surviving a crash, a kill or a network failure:
 - the footer is sent last, once every data page is acknowledged, so a blob cut short is
@@ -13,7 +21,9 @@ Surviving a crash, a kill or a network failure:
   a re-run lists the blob's page ranges and sends only the runs not there yet. Each Put Page
   is atomic and runs are cut the same way every time, so a run is wholly there or not at all;
 - a lease is held while writing (see vhdtool.azure.lease); a blob of another source is
-  refused without --overwrite, and someone else's lease is never broken.
+  refused without --overwrite, and someone else's lease is never broken;
+- every file of the source is checked unchanged (size, mtime, ctime, inode) before the footer
+  is sent: a writer that restores the mtime still changes the ctime.
 """
 
 from __future__ import annotations
@@ -25,13 +35,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from contextlib import nullcontext
 from threading import Condition
 from typing import TYPE_CHECKING
 
 from vhdtool import ranges
 from vhdtool.azure import lease as leases
 from vhdtool.azure.location import BlobLocation
-from vhdtool.azure.pageblob import PageBlob
+from vhdtool.azure.pageblob import Forbidden, PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.engine.digest import ContentMd5, b64, feed
@@ -40,6 +51,10 @@ from vhdtool.errors import VhdError
 from vhdtool.disk.fixed import FixedImage
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.ranges import Range
+from vhdtool.workflows.journal import Journal
+from vhdtool.workflows.snapshot import fingerprint
+from vhdtool.workflows.sparse_digest import METADATA_KEY as SPARSE_KEY
+from vhdtool.workflows.sparse_digest import SparseDigest
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
@@ -58,10 +73,13 @@ class UploadOptions:
     workers: int = 16  # parallel Put Page requests (Azurite on loopback: 16 beats 8 and 32)
     overwrite: bool = False  # replace a blob that holds something else
     resume: bool = True  # False: start again from an empty blob even if it is ours
-    md5: bool = True  # set Content-MD5 on the blob
+    md5: bool = False  # set the blob's Content-MD5 (hashes every zero of the disk)
     verify: bool = False  # read back page ranges and content after the upload
     align: bool = False  # round a non-MiB virtual size up on the fly
     timeout: float = 120.0  # seconds per request before it counts as failed
+    managed_disk: bool = False  # the blob is a managed disk's: write pages only, read nothing
+    dry_run: bool = False  # count what would be sent, contact nothing
+    cap_mbps: float | None = None  # bandwidth cap, megabits per second of page data
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
 
@@ -77,6 +95,8 @@ class UploadResult:
     retries: int = 0
     seconds: float = 0.0
     content_md5: str | None = None  # base64, as Azure shows it
+    sparse_digest: str | None = None
+    managed_disk: bool = False
     resumed: bool = False
     already_complete: bool = False
     verified: bool = False
@@ -158,13 +178,36 @@ def fixed_image(disk: Disk, align: bool) -> FixedImage:
     return FixedImage(disk, size, keep_uuid=True, timestamp=disk.footer.timestamp)
 
 
+class Pacer:
+    """Holds the sender back to `mbps` megabits per second of page data (--cap-mbps), on
+    average since the start: a token bucket with no burst beyond one request."""
+
+    def __init__(self, mbps: float | None):
+        self.rate = mbps * 1e6 / 8 if mbps else None  # bytes per second
+        self.started = time.monotonic()
+        self.admitted = 0
+
+    def admit(self, length: int) -> None:
+        if self.rate is None:
+            return
+        wait = self.started + self.admitted / self.rate - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.admitted += length
+
+
+Acknowledged = Callable[[int, int], None]  # (offset, length) of a Put Page the service answered
+
+
 class Sender:
     """Put Page requests on `workers` threads. Memory stays bounded whatever `workers` is: at
     most workers + 1 pieces and IN_FLIGHT_BYTES are held at once. The first failure stops it
-    and is raised to the caller."""
+    and is raised to the caller; each success is reported to `acknowledged`."""
 
-    def __init__(self, blob: PageBlob, lease_id: str | None, workers: int):
+    def __init__(self, blob: PageBlob, lease_id: str | None, workers: int, pacer: Pacer | None = None,
+                 acknowledged: Acknowledged | None = None):
         self.blob, self.lease_id, self.workers = blob, lease_id, workers
+        self.pacer, self.acknowledged = pacer, acknowledged
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="vhdtool-put")
         self.room = Condition()
         self.held = self.held_bytes = 0
@@ -180,11 +223,18 @@ class Sender:
                 raise self.failure
             self.held += 1
             self.held_bytes += length
+        if self.pacer is not None:
+            self.pacer.admit(length)
         future = self.pool.submit(self.blob.put, offset, data, self.lease_id)
-        future.add_done_callback(lambda done: self._done(done, length))
+        future.add_done_callback(lambda done: self._done(done, offset, length))
 
-    def _done(self, future: Future[None], length: int) -> None:
+    def _done(self, future: Future[None], offset: int, length: int) -> None:
         error = None if future.cancelled() else future.exception()
+        if error is None and not future.cancelled() and self.acknowledged is not None:
+            try:
+                self.acknowledged(offset, length)
+            except OSError as exc:  # the journal could not be written: stop, say why
+                error = VhdError(f"cannot write the upload journal: {exc.strerror}")
         with self.room:
             self.held -= 1
             self.held_bytes -= length
@@ -205,10 +255,10 @@ class Sender:
             raise self.failure
 
 
-def claim(blob: PageBlob, identity: SourceIdentity, options: UploadOptions) -> tuple[leases.Lease | None, list[Range]]:
-    """Make the blob this upload's: (lease, page ranges already written), or (None, []) when
-    this very source is already completely uploaded there."""
-    props = blob.properties()
+def claim(blob: PageBlob, props: BlobProperties | None, identity: SourceIdentity,
+          options: UploadOptions) -> tuple[leases.Lease | None, list[Range]]:
+    """Make the blob (`props`: as just read) this upload's: (lease, page ranges already
+    written), or (None, []) when this very source is already completely uploaded there."""
     if props is None:
         blob.create(identity.blob_size, identity.metadata(PARTIAL), if_absent=True)
         props = blob.properties()
@@ -225,7 +275,9 @@ def claim(blob: PageBlob, identity: SourceIdentity, options: UploadOptions) -> t
             blob.set_metadata(metadata, held.id)
             return held, blob.page_ranges(identity.blob_size, held.id)
         if why is not None and not options.overwrite:
-            raise VhdError(f"the blob holds something else ({why}): use --overwrite to replace it", blob.location)
+            hint = " (or --managed-disk if it is a managed disk created for upload)" if "not written" in why else ""
+            raise VhdError(f"the blob holds something else ({why}): use --overwrite to replace it{hint}",
+                           blob.location)
         blob.create(identity.blob_size, metadata, lease=held.id)
         return held, []
     except BaseException:
@@ -234,55 +286,70 @@ def claim(blob: PageBlob, identity: SourceIdentity, options: UploadOptions) -> t
 
 
 def source_changed(disk: Disk) -> bool:
-    """Whether any file of the chain was modified since it was opened (the blob would then
-    mix two versions of the disk)."""
-    for d in disk.chain():
-        now = os.fstat(d.fd)
-        if (now.st_size, now.st_mtime_ns) != (d.stat.st_size, d.stat.st_mtime_ns):
-            return True
-    return False
+    """Whether any file of the chain was written to since it was opened (the blob would then
+    mix two versions of the disk). Snapshot's fingerprint: a writer can set the mtime back,
+    not the ctime."""
+    return any(fingerprint(os.fstat(d.fd)) != fingerprint(d.stat) for d in disk.chain())
 
 
-def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: ranges.SortedRanges, options: UploadOptions,
-         result: UploadResult, runs: list[Range] | None) -> bytes | None:
-    """Send the non-zero runs that are not on the blob yet, the footer last; return the MD5
-    of the whole image (None with --no-md5 unless verifying). `runs` collects every run."""
+def send(blob: PageBlob | None, lease_id: str | None, image: FixedImage, present: ranges.SortedRanges,
+         options: UploadOptions, result: UploadResult, runs: list[Range] | None,
+         acknowledged: Acknowledged | None = None) -> bytes | None:
+    """Send the non-zero runs that are not on the blob yet, the footer last (without a blob:
+    count them only, for --dry-run); return the MD5 of the whole image (None without --md5
+    unless verifying) and set `result.sparse_digest`. `runs` collects every run; the data
+    pieces the service acknowledged are reported to `acknowledged` (the footer is not: a
+    re-run always sends it again)."""
     md5 = ContentMd5() if options.md5 or options.verify else None
+    sparse = SparseDigest()
     body = Window(image, 0, image.data_size)  # everything but the footer
 
-    def piece(offset: int, data: bytes | memoryview, sender: Sender) -> None:
+    def piece(offset: int, data: bytes | memoryview, sender: Sender | None) -> None:
         end = offset + len(data)
         result.nonzero_bytes += len(data)
+        sparse.add(offset, data)
         if runs is not None:
             runs.append((offset, end))
         if present.covers(offset, end):
             result.present_bytes += len(data)
+        elif sender is None:
+            result.requests += 1
+            result.sent_bytes += len(data)
         else:
             sender.put(offset, bytes(data))  # a copy: the engine reuses its buffer
 
+    def sender(workers: int, acknowledged: Acknowledged | None) -> Sender | nullcontext[None]:
+        return nullcontext() if blob is None else Sender(blob, lease_id, workers, pacer, acknowledged)
+
+    pacer = Pacer(options.cap_mbps)
     with progress_bar(body, "upload") as progress:
-        with Sender(blob, lease_id, options.workers) as sender:
+        with sender(options.workers, acknowledged) as data_sender:
             for chunk in scan(body, progress=progress):
                 if md5 is not None:
                     md5.add(chunk.offset, chunk.view)
                 for offset, data in nonzero_data([chunk]):
-                    piece(offset, data, sender)
+                    piece(offset, data, data_sender)
         if source_changed(image.disk):  # checked before the footer makes the blob a VHD
             raise VhdError("changed while it was being uploaded: run the upload again", image.path)
-        with Sender(blob, lease_id, 1) as last:  # every data page is acknowledged by now
+        with sender(1, None) as last:  # every data page is acknowledged by now
             piece(image.data_size, image.footer_bytes, last)
-    result.requests += sender.requests + last.requests
-    result.sent_bytes += sender.sent + last.sent
+    for done in (data_sender, last):
+        if done is not None:
+            result.requests += done.requests
+            result.sent_bytes += done.sent
+    result.sparse_digest = sparse.hexdigest(image.virtual_size)
     if md5 is None:
         return None
     md5.add(image.data_size, image.footer_bytes)
     return md5.digest(image.virtual_size)
 
 
-def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes | None) -> None:
+def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes | None, sparse: str | None) -> None:
     """Mark the upload complete: Content-MD5 first, then the state (a crash in between only
     means the next run recomputes and sets the same MD5)."""
     metadata = identity.metadata(COMPLETE)
+    if sparse is not None:
+        metadata[SPARSE_KEY] = sparse
     if md5 is not None:
         blob.set_content_md5(md5, lease_id)
         metadata[MD5_KEY] = b64(md5)
@@ -309,11 +376,11 @@ def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: in
                        f"is not the image's", blob.location)
 
 
-def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, options: UploadOptions,
-             result: UploadResult) -> None:
+def transfer(blob: PageBlob, props: BlobProperties | None, image: FixedImage, identity: SourceIdentity,
+             options: UploadOptions, result: UploadResult) -> None:
     """Claim the blob, send what it lacks, mark it complete, verify if asked."""
     runs: list[Range] | None = [] if options.verify else None
-    held, written = claim(blob, identity, options)
+    held, written = claim(blob, props, identity, options)
     if held is None:
         result.already_complete = True
         if not options.verify:
@@ -324,7 +391,7 @@ def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, option
         result.resumed = bool(written)
         try:
             md5 = send(blob, held.id, image, ranges.SortedRanges(written), options, result, runs)
-            finish(blob, held.id, identity, md5 if options.md5 else None)
+            finish(blob, held.id, identity, md5 if options.md5 else None, result.sparse_digest)
         finally:
             held.release()
         if md5 is not None and options.md5:
@@ -334,20 +401,90 @@ def transfer(blob: PageBlob, image: FixedImage, identity: SourceIdentity, option
         result.verified = True
 
 
+def managed_size_problem(blob: PageBlob, size: int) -> str | None:
+    """How the managed disk's size differs from `size`, or None when it is `size`, found with
+    Clear Pages only (its SAS may refuse every read): the last page of `size` must be inside
+    the blob and the page after it outside. Clearing is harmless here: the footer page is
+    written last anyway, and the page after it exists only on a disk of the wrong size, which
+    is refused (a disk created for upload holds nothing yet)."""
+    if not blob.clear_within(size - PAGE):
+        return "is smaller than"
+    if blob.clear_within(size):
+        return "is larger than"
+    return None
+
+
+def to_managed_disk(blob: PageBlob, image: FixedImage, options: UploadOptions, result: UploadResult) -> None:
+    """Write the image into a managed disk created for upload: page writes only, its progress
+    in the local journal (resumed from there), the footer last."""
+    if options.md5 or options.verify:
+        raise VhdError("--md5 and --verify need to set and read the blob: a managed disk's upload SAS "
+                       "allows page writes only", blob.location)
+    size = image.virtual_size
+    problem = managed_size_problem(blob, size)
+    if problem is not None:
+        raise VhdError(f"the managed disk {problem} this image's {size:,} bytes (virtual size "
+                       f"{image.data_size:,} + 512 for the footer): create it with "
+                       f"--upload-size-bytes {size}", blob.location)
+    journal = Journal.open(blob.location.url, [d.stat for d in image.disk.chain()], size)
+    try:
+        result.resumed = bool(journal.acknowledged)
+        send(blob, None, image, ranges.SortedRanges(journal.acknowledged), options, result, None, journal.record)
+        journal.remove()
+    finally:
+        journal.close()
+
+
+def upload_size_bytes(path: str | Path, align: bool = False) -> int:
+    """The size of the managed disk `upload` fills with the image at `path`: the fixed VHD's,
+    virtual size + 512 for the footer (`az disk create --upload-size-bytes`)."""
+    with open_disk(Path(path)) as disk:
+        return fixed_image(disk, align).virtual_size
+
+
+def az_disk_create(size: int, hyper_v_generation: str | None = None, resource_group: str = "RG",
+                   name: str = "NAME") -> str:
+    """The `az disk create` line of a managed disk for an upload of `size` bytes
+    (`upload_size_bytes`); `hyper_v_generation` V1 (BIOS/MBR) or V2 (UEFI/GPT), which cannot
+    be changed once the disk exists."""
+    generation = f" --hyper-v-generation {hyper_v_generation}" if hyper_v_generation else ""
+    return f"az disk create -g {resource_group} -n {name} --for-upload --upload-size-bytes {size}{generation}"
+
+
+def readable_properties(blob: PageBlob) -> tuple[bool, BlobProperties | None]:
+    """(False, None) when the credential may not read the blob (a managed disk's upload SAS),
+    else (True, its properties or None if it does not exist)."""
+    try:
+        return True, blob.properties()
+    except Forbidden:
+        return False, None
+
+
 def upload(src: str | Path, location: BlobLocation, options: UploadOptions = UploadOptions()) -> UploadResult:
     """Upload SRC to the page blob at `location` (see the module docstring)."""
     started = time.monotonic()
     src = Path(src)
     if options.workers < 1:
         raise VhdError("--workers must be at least 1")
+    if options.cap_mbps is not None and options.cap_mbps <= 0:
+        raise VhdError("--cap-mbps must be more than 0")
     refuse_unfixable(src, options.align)
     with open_disk(src) as disk:
         image = fixed_image(disk, options.align)
         identity = SourceIdentity.of(disk, image.virtual_size)
         result = UploadResult(str(location), image.virtual_size)
+        if options.dry_run:
+            send(None, None, image, ranges.SortedRanges([]), options, result, None)
+            result.seconds = time.monotonic() - started
+            return result
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
             try:
-                transfer(blob, image, identity, options, result)
+                readable, props = (False, None) if options.managed_disk else readable_properties(blob)
+                result.managed_disk = not readable
+                if result.managed_disk:
+                    to_managed_disk(blob, image, options, result)
+                else:
+                    transfer(blob, props, image, identity, options, result)
             except TransferError as exc:
                 raise TransferError(f"upload interrupted: {exc.detail}; run the same command again to "
                                     "resume, only the missing pages will be sent", exc.path) from None
