@@ -9,7 +9,10 @@ them (`Faults.rate`) is broken in one of three ways:
   client cannot know: retries must be idempotent);
 - "reset": the connection is reset (RST) before anything is forwarded;
 - "stall" (only when asked for): no answer for `Faults.stall` seconds, then the connection is
-  closed (the client's read timeout must fire first).
+  closed (the client's read timeout must fire first);
+- "corrupt" (only when asked for): one byte of the body flipped on the way, the request's if it
+  has one (the server must refuse it by its Content-MD5), else the answer's (the client must
+  notice by the range's Content-MD5).
 
 Deterministic: whether and how a request is broken is a seeded hash of the request (method,
 path and query, byte range) and of how many times that request was seen, never of thread
@@ -50,6 +53,10 @@ class Request:
     @property
     def is_put_page(self) -> bool:
         return self.method == "PUT" and "comp=page" in self.target and self.headers.get("x-ms-page-write") == "update"
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[len(self.raw) - self.body_length:] if self.body_length else b""
 
     @property
     def key(self) -> str:
@@ -248,7 +255,11 @@ class FaultProxy:
             return upstream, None
         if fault == "503":
             return upstream, busy_answer(request.method)
+        if fault == "corrupt" and request.body_length:
+            request = Request(request.method, request.target, request.headers, flip_last(request.raw))
         upstream, (status_line, answer) = self._forward(upstream, buf, request)
+        if fault == "corrupt" and not request.body_length and body_length(answer):
+            answer = flip_last(answer)
         if request.is_put_page and status_line.split(" ")[1] == "201":
             with self._lock:
                 self.stats.put_page_bytes += request.body_length
@@ -300,6 +311,17 @@ def busy_answer(method: str) -> bytes:
     head = (b"HTTP/1.1 503 Server Busy\r\nContent-Type: application/xml\r\nx-ms-error-code: ServerBusy\r\n"
             + f"Content-Length: {len(BUSY_BODY)}\r\n\r\n".encode())
     return head if method == "HEAD" else head + BUSY_BODY
+
+
+def flip_last(message: bytes) -> bytes:
+    """`message` with the last byte of its body inverted (its framing unchanged)."""
+    return message[:-1] + bytes([message[-1] ^ 0xFF])
+
+
+def body_length(answer: bytes) -> int:
+    """The Content-Length body size of an answer (0 when chunked or empty)."""
+    _, headers = _parse_head(answer[: answer.find(b"\r\n\r\n")])
+    return 0 if "transfer-encoding" in headers else int(headers.get("content-length", "0"))
 
 
 def _close(sock: socket.socket) -> None:

@@ -457,3 +457,152 @@ def test_sender_holds_a_bounded_amount_of_data(workers, piece, held) -> None:
     answer.set()
     producer.join(10)
     assert len(accepted) == held + 5
+
+
+# --- managed disks: an existing blob, a write-only SAS, a local journal -------------------------
+
+
+def managed_disk(azurite, container, name: str, size: int, proxy: FaultProxy) -> str:
+    """Pre-create the page blob (as `az disk create --for-upload` does) and return its URL
+    through `proxy` with a write-only SAS (sp=w): any read or Get Page Ranges is refused."""
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+    container.get_blob_client(name).create_page_blob(size)
+    sas = generate_blob_sas(azurite.account_name, container.container_name, name, account_key=azurite.account_key,
+                            permission=BlobSasPermissions(write=True),
+                            expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return f"{proxy.endpoint(azurite.account_name)}/{container.container_name}/{name}?{sas}"
+
+
+class Recorder:
+    """Every request the proxy sees (as `Faults.only`: the Put Pages are eligible for its faults
+    and delay when `puts_eligible`)."""
+
+    def __init__(self, puts_eligible: bool = False) -> None:
+        self.requests: list[Request] = []
+        self.puts_eligible = puts_eligible
+
+    def __call__(self, request: Request) -> bool:
+        self.requests.append(request)
+        return self.puts_eligible and request.is_put_page
+
+    def puts(self) -> list[Request]:
+        return [r for r in self.requests if r.is_put_page]
+
+    def others(self) -> list[str]:
+        """Requests other than page writes and Clear Pages (create, metadata, lease, reads),
+        but for the one Get Blob Properties that finds a SAS unable to read."""
+        found = [f"{r.method} {r.target.split('?')[0]}" for r in self.requests
+                 if not (r.method == "PUT" and "comp=page" in r.target)]
+        return found[1:] if found and found[0].startswith("HEAD ") else found
+
+
+def p_start(put: Request) -> int:
+    return int(put.headers["x-ms-range"].removeprefix("bytes=").split("-")[0])
+
+
+def signature(url: str) -> str:
+    return re.search(r"sig=([^&]+)", url).group(1)
+
+
+@pytest.fixture
+def state_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
+
+
+@pytest.mark.parametrize("kind", ["fixed", "dynamic"])
+def test_managed_disk_with_a_write_only_sas(kind, azurite, container, cli, state_home) -> None:
+    """Only Put Page requests (each with its body's Content-MD5), only the non-zero pages, the
+    footer last; the disk downloads identical; the journal is gone once complete."""
+    src = KINDS[kind]
+    expected = image_bytes(src)
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "abcd", len(expected), proxy)
+        done = cli("upload", str(src), url)
+    assert done.code == 0, done.err
+    assert "managed disk" in done.out and signature(url) not in done.out + done.err
+    assert recorder.others() == []
+    puts = recorder.puts()
+    assert sum(p.body_length for p in puts) == sum(e - s for s, e in page_runs(expected)) == sent_bytes(done.out)
+    for put in puts:
+        assert base64.b64decode(put.headers["content-md5"]) == hashlib.md5(put.body).digest()
+    assert puts[-1].headers["x-ms-range"] == f"bytes={len(expected) - 512}-{len(expected) - 1}"
+    blob = container.get_blob_client("abcd")
+    assert blob_content(blob) == expected and blob_ranges(blob) == page_runs(expected)
+    assert not blob.get_blob_properties().metadata  # nothing but pages was written
+    assert list((state_home / "vhdtool").iterdir()) == []
+
+
+def test_managed_disk_option_reads_nothing(azurite, container, state_home) -> None:
+    """--managed-disk with an account key that could read: still page writes only."""
+    expected = image_bytes(KINDS["dynamic"])
+    container.get_blob_client("m").create_page_blob(len(expected))
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        result = upload(KINDS["dynamic"], via_proxy(azurite, proxy, container, "m"),
+                        UploadOptions(managed_disk=True, workers=4))
+    assert result.managed_disk and recorder.others() == []
+    assert blob_content(container.get_blob_client("m")) == expected
+
+
+@pytest.mark.parametrize("delta", [-MiB, MiB, -512])
+def test_managed_disk_of_the_wrong_size_is_refused_before_anything_is_sent(delta, azurite, container, cli,
+                                                                          state_home) -> None:
+    expected = image_bytes(KINDS["fixed"])
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "w", len(expected) + delta, proxy)
+        refused = cli("upload", str(KINDS["fixed"]), url)
+    assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1
+    assert ("smaller" if delta < 0 else "larger") in refused.err
+    assert f"{len(expected):,} bytes" in refused.err and f"--upload-size-bytes {len(expected)}" in refused.err
+    assert f"{len(expected) - 512:,}" in refused.err and signature(url) not in refused.err
+    assert recorder.puts() == [] and recorder.others() == []
+    assert blob_ranges(container.get_blob_client("w")) == []
+
+
+def test_managed_disk_sigkill_then_resume_from_the_journal(azurite, container, tmp_path, state_home) -> None:
+    """A real process SIGKILLed mid-way; the re-run sends the pages its journal does not hold:
+    at most the unacknowledged ones plus one request per worker (counted at the proxy)."""
+    workers = 2
+    src = scattered_vhd(tmp_path / "k.vhd", 16 * MiB, pieces=40, seed=11)
+    expected = image_bytes(src)
+    nonzero = sum(e - s for s, e in page_runs(expected))
+    blob = container.get_blob_client("abcd")
+    recorder = Recorder(puts_eligible=True)
+    env = {**os.environ, "XDG_STATE_HOME": str(state_home)}
+    with FaultProxy(azurite.port, Faults(delay=0.05, only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "abcd", len(expected), proxy)
+        args = [sys.executable, "-m", "vhdtool.cli", "upload", str(src), url, "--workers", str(workers)]
+        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(blob_ranges(blob)) < 8:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        proxy.wait_idle()
+        first = proxy.stats.put_page_bytes
+        assert child.returncode == -signal.SIGKILL
+        (journal,) = (state_home / "vhdtool").iterdir()
+        text = journal.read_text()
+        assert signature(url) not in text and "?" not in text
+        assert os.stat(journal).st_mode & 0o777 == 0o600
+        acknowledged = [tuple(map(int, line.split())) for line in text.splitlines()[1:]]
+        assert 0 < sum(n for _, n in acknowledged) <= first < nonzero
+        assert blob_content(blob)[-512:] == bytes(512)  # no footer yet
+        on_blob = blob_ranges(blob)
+
+        recorder.requests.clear()
+        rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr
+        again = proxy.stats.put_page_bytes - first
+    assert "resumed" in rerun.stdout and recorder.others() == []
+    assert again == sent_bytes(rerun.stdout) == nonzero - sum(n for _, n in acknowledged)
+    # sent again although already on the blob: the requests in flight when it was killed
+    twice = [p for p in recorder.puts() if any(s <= p_start(p) < e for s, e in on_blob)]
+    assert len(twice) <= workers
+    assert blob_content(blob) == expected
+    assert list((state_home / "vhdtool").iterdir()) == []
