@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import ContentSettings
 
 from conftest import FIXTURES
 from faultproxy import FaultProxy, Faults, Request
@@ -606,3 +608,157 @@ def test_managed_disk_sigkill_then_resume_from_the_journal(azurite, container, t
     assert len(twice) <= workers
     assert blob_content(blob) == expected
     assert list((state_home / "vhdtool").iterdir()) == []
+
+
+def test_az_disk_create_line_names_the_upload_size() -> None:
+    from vhdtool.workflows.upload import az_disk_create, upload_size_bytes
+
+    size = upload_size_bytes(KINDS["dynamic"])
+    assert size == len(image_bytes(KINDS["dynamic"])) == 10 * MiB + 512
+    assert az_disk_create(size) == f"az disk create -g RG -n NAME --for-upload --upload-size-bytes {size}"
+    assert az_disk_create(size, "V2", "rg1", "disk1").endswith(f"-g rg1 -n disk1 --for-upload "
+                                                               f"--upload-size-bytes {size} --hyper-v-generation V2")
+
+
+def test_journal_is_keyed_by_the_source_and_never_follows_a_link(tmp_path, state_home) -> None:
+    from vhdtool.errors import VhdError
+    from vhdtool.workflows.journal import Journal
+
+    src = tmp_path / "s.vhd"
+    src.write_bytes(b"x")
+    url = "https://md-impexp-x.blob.core.windows.net/c/abcd"
+    journal = Journal.open(url, [os.stat(src)], 4096)
+    journal.record(0, 512)
+    journal.record(1024, 512)
+    with pytest.raises(VhdError, match="another upload"):  # locked while in use
+        Journal.open(url, [os.stat(src)], 4096)
+    journal.close()
+    again = Journal.open(url, [os.stat(src)], 4096)
+    assert again.acknowledged == [(0, 512), (1024, 1536)]
+    os.write(again.fd, b"2048 51")  # torn last line (a power cut): ignored
+    again.close()
+    assert Journal.open(url, [os.stat(src)], 4096).acknowledged == [(0, 512), (1024, 1536)]
+    os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns))  # ctime moves: another source
+    fresh = Journal.open(url, [os.stat(src)], 4096)
+    assert fresh.acknowledged == []
+    fresh.close()
+    fresh.path.unlink()
+    target = tmp_path / "elsewhere"
+    fresh.path.symlink_to(target)
+    with pytest.raises(VhdError, match="symbolic link"):
+        Journal.open(url, [os.stat(src)], 4096)
+    assert not target.exists()
+
+
+# --- integrity ---------------------------------------------------------------------------------
+
+
+def test_corrupted_put_page_is_refused_by_the_service_and_sent_again(azurite, container, tmp_path) -> None:
+    """The proxy flips a byte in some Put Page bodies: Azurite refuses them by their Content-MD5
+    (none of them is acknowledged: the proxy counts only 201s), each is sent again, the blob is exact."""
+    src = scattered_vhd(tmp_path / "c.vhd", 16 * MiB, pieces=24, seed=12)
+    expected = image_bytes(src)
+    corrupt = Faults(rate=0.4, kinds=("corrupt",), max_faults=1, only=lambda r: r.is_put_page, seed=4)
+    with FaultProxy(azurite.port, corrupt) as proxy:
+        result = upload(src, via_proxy(azurite, proxy, container, "c.vhd"), UploadOptions(workers=4, retry=FAST_RETRY))
+    assert proxy.stats.faults["corrupt"] >= 3 and result.retries == proxy.stats.faults["corrupt"]
+    assert proxy.stats.put_page_bytes == result.sent_bytes == sum(e - s for s, e in page_runs(expected))
+    check_blob_is(container.get_blob_client("c.vhd"), expected)
+
+
+def test_corrupted_read_is_noticed_by_the_range_md5_and_read_again(azurite, container, tmp_path) -> None:
+    """Ranged GET answers with a flipped byte: noticed by each range's MD5 (the blob has no
+    Content-MD5 and no sparse digest here to catch it at the end), read again, file exact."""
+    from vhdtool.workflows.download import DownloadOptions, download
+
+    src = scattered_vhd(tmp_path / "r.vhd", 16 * MiB, pieces=24, seed=13)
+    expected = image_bytes(src)
+    upload(src, location(azurite, container, "r.vhd"))
+    container.get_blob_client("r.vhd").set_blob_metadata({})
+    reads = Faults(rate=0.4, kinds=("corrupt",), max_faults=1, seed=5,
+                   only=lambda r: r.method == "GET" and "x-ms-range" in r.headers and "comp=" not in r.target)
+    with FaultProxy(azurite.port, reads) as proxy:
+        done = download(via_proxy(azurite, proxy, container, "r.vhd"), tmp_path / "back.vhd",
+                        DownloadOptions(workers=2, retry=FAST_RETRY))
+    assert proxy.stats.faults["corrupt"] >= 2 and done.retries == proxy.stats.faults["corrupt"]
+    assert not done.md5_checked and not done.digest_checked
+    assert (tmp_path / "back.vhd").read_bytes() == expected
+
+
+def test_download_checks_the_sparse_digest(azurite, container, tmp_path, cli) -> None:
+    """A page changed behind the recorded digest's back is noticed; nothing is kept."""
+    upload(KINDS["dynamic"], location(azurite, container, "s.vhd"))
+    blob = container.get_blob_client("s.vhd")
+    blob.upload_page(b"\x01" * 512, offset=5 * MiB, length=512)
+    args = ["download", "--container", container.container_name, "--name", "s.vhd", str(tmp_path / "s.vhd")]
+    refused = cli(*args, env=conn_env(azurite))
+    assert refused.code == 2 and "sparse digest" in refused.err and not (tmp_path / "s.vhd").exists()
+
+
+def test_no_check_md5_skips_the_whole_blob_hash(azurite, container, tmp_path, cli) -> None:
+    upload(KINDS["fixed"], location(azurite, container, "m.vhd"), UploadOptions(md5=True))
+    container.get_blob_client("m.vhd").set_http_headers(ContentSettings(content_md5=bytearray(16)))
+    args = ["download", "--container", container.container_name, "--name", "m.vhd"]
+    assert cli(*args, str(tmp_path / "a.vhd"), env=conn_env(azurite)).code == 2  # the wrong MD5 is seen
+    done = cli(*args, str(tmp_path / "b.vhd"), "--no-check-md5", env=conn_env(azurite))
+    assert done.code == 0 and "Content-MD5 not checked, sparse digest checked" in done.out, done.err
+    assert (tmp_path / "b.vhd").read_bytes() == image_bytes(KINDS["fixed"])
+
+
+# --- a source changing under the upload (#13) -------------------------------------------------
+
+
+def test_writer_that_restores_the_mtime_is_still_detected(azurite, container, tmp_path, state_home) -> None:
+    """Data written during the upload, the mtime set back: the ctime gives it away; no footer."""
+    src = scattered_vhd(tmp_path / "m.vhd", 8 * MiB, pieces=12, seed=14)
+    before = os.stat(src)
+    failures: list[BaseException] = []
+    blob = container.get_blob_client("m")
+    blob.create_page_blob(before.st_size)
+
+    def run() -> None:
+        try:
+            upload(src, via_proxy(azurite, proxy, container, "m"), UploadOptions(workers=1, managed_disk=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            failures.append(exc)
+
+    with FaultProxy(azurite.port, Faults(delay=0.05, only=lambda r: r.is_put_page)) as proxy:
+        worker = threading.Thread(target=run)
+        worker.start()
+        while not blob_ranges(blob):
+            time.sleep(0.01)
+        with open(src, "r+b") as f:
+            f.seek(7 * MiB)
+            f.write(b"\xee" * 4096)
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(src).st_mtime_ns == before.st_mtime_ns and os.stat(src).st_size == before.st_size
+        worker.join(30)
+    assert len(failures) == 1 and "changed while it was being uploaded" in str(failures[0])
+    assert blob_content(blob)[-512:] == bytes(512)  # not a VHD: no footer
+
+
+# --- --dry-run and --cap-mbps ------------------------------------------------------------------
+
+
+def test_dry_run_counts_and_contacts_nothing(tmp_path, cli) -> None:
+    src = scattered_vhd(tmp_path / "d.vhd", 16 * MiB, pieces=30, seed=15)
+    expected = image_bytes(src)
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nobody listens there: any request would fail
+    done = cli("upload", str(src), f"http://127.0.0.1:{port}/devstoreaccount1/cont/d.vhd?sv=1&sig=SECRET", "--dry-run")
+    assert done.code == 0, done.err
+    nonzero = sum(e - s for s, e in page_runs(expected))
+    assert f"would send: {nonzero:,} bytes" in done.out and f"({len(expected):,} byte page blob)" in done.out
+    pieces = sum(-(-(e - s) // (4 * MiB)) for s, e in page_runs(expected[:-512])) + 1
+    assert f"in {pieces:,} Put Page requests" in done.out and "SECRET" not in done.out
+
+
+def test_cap_mbps_holds_the_rate(azurite, container, tmp_path) -> None:
+    src = scattered_vhd(tmp_path / "b.vhd", 32 * MiB, pieces=40, seed=16)  # 2.5 MiB of data
+    capped = upload(src, location(azurite, container, "capped.vhd"), UploadOptions(workers=4, cap_mbps=8))
+    fast = upload(src, location(azurite, container, "fast.vhd"), UploadOptions(workers=4))
+    rate = 8e6 / 8
+    assert fast.seconds < 0.5 * capped.sent_bytes / rate
+    assert capped.seconds >= (capped.sent_bytes - 128 * 1024) / rate
+    assert blob_content(container.get_blob_client("capped.vhd")) == image_bytes(src)

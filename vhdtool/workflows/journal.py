@@ -85,8 +85,12 @@ class Journal:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
         except OSError as exc:
             raise VhdError(f"cannot create the upload journal: {exc.strerror}", path) from None
-        cls._lock(fd, path)
-        os.write(fd, (header + "\n").encode())
+        try:
+            cls._lock(fd, path)
+            os.write(fd, (header + "\n").encode())
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(path, fd, [])
 
     @staticmethod
@@ -94,7 +98,6 @@ class Journal:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
             raise VhdError("another upload of this source into this blob is running", path) from None
 
     def record(self, offset: int, length: int) -> None:
