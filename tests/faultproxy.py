@@ -14,6 +14,10 @@ them (`Faults.rate`) is broken in one of three ways:
   has one (the server must refuse it by its Content-MD5), else the answer's (the client must
   notice by the range's Content-MD5).
 
+A link speed (`Faults.link_rate`, bytes per second, each direction) makes it a slow network
+link shared by all connections: each message takes its size / rate on the link, one after
+the other, as on a real link (for benchmarks).
+
 Deterministic: whether and how a request is broken is a seeded hash of the request (method,
 path and query, byte range) and of how many times that request was seen, never of thread
 timing. Bounded: a request is broken at most `max_faults` times (so bounded retries get
@@ -76,6 +80,7 @@ class Faults:
     stall: float = 2.0  # how long a "stall" fault holds the connection silent
     only: Callable[[Request], bool] = any_request  # which requests are eligible
     seed: int = 1
+    link_rate: float = 0.0  # bytes per second each way on the shared link; 0: no limit
 
 
 @dataclass
@@ -84,6 +89,24 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     methods: Counter = field(default_factory=Counter)
     put_page_bytes: int = 0  # page data of Put Page requests the server answered
+
+
+class Link:
+    """One direction of a link of `rate` bytes per second shared by every connection: a message
+    waits for the link to be free, then for its own transmission time."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.free_at = 0.0
+        self.lock = threading.Lock()
+
+    def carry(self, size: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            done = max(time.monotonic(), self.free_at) + size / self.rate
+            self.free_at = done
+        time.sleep(max(0.0, done - time.monotonic()))
 
 
 class _Closed(Exception):
@@ -150,6 +173,7 @@ class FaultProxy:
                  max_connections: int = 64):
         self.upstream_port, self.faults = upstream_port, faults
         self.stats = Stats()
+        self.up, self.down = Link(faults.link_rate), Link(faults.link_rate)
         self._lock = threading.Lock()
         self._seen: Counter = Counter()
         self._broken: Counter = Counter()
@@ -222,8 +246,10 @@ class FaultProxy:
         return kind
 
     def _exchange(self, upstream: socket.socket, buf: bytearray, request: Request) -> tuple[str, bytes]:
+        self.up.carry(len(request.raw))
         upstream.sendall(request.raw)
         status_line, _, answer = read_message(upstream, buf, response_to=request.method)
+        self.down.carry(len(answer))
         return status_line, answer
 
     def _forward(self, upstream: socket.socket | None, buf: bytearray,
