@@ -762,3 +762,15 @@ def test_cap_mbps_holds_the_rate(azurite, container, tmp_path) -> None:
     assert fast.seconds < 0.5 * capped.sent_bytes / rate
     assert capped.seconds >= (capped.sent_bytes - 128 * 1024) / rate
     assert blob_content(container.get_blob_client("capped.vhd")) == image_bytes(src)
+
+
+def test_progress_lines_without_a_terminal(azurite, container, tmp_path) -> None:
+    """stderr is no terminal under pytest: a line at each interval instead of a bar."""
+    src = scattered_vhd(tmp_path / "p.vhd", 16 * MiB, pieces=24, seed=17)
+    notes: list[str] = []
+    with FaultProxy(azurite.port, Faults(delay=0.05, only=lambda r: r.is_put_page)) as proxy:
+        upload(src, via_proxy(azurite, proxy, container, "p.vhd"),
+               UploadOptions(workers=2, progress_every=0.1, log=notes.append))
+    lines = [n for n in notes if n.startswith("upload: ")]
+    assert len(lines) >= 3 and all(re.fullmatch(r"upload: \d+% of the disk scanned, [\d,]+ bytes of page data sent", n)
+                                   for n in lines)

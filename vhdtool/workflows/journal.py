@@ -24,8 +24,8 @@ from pathlib import Path
 
 from vhdtool import ranges
 from vhdtool.errors import VhdError
-from vhdtool.workflows.snapshot import fingerprint
 from vhdtool.ranges import Range
+from vhdtool.workflows.snapshot import fingerprint
 
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 

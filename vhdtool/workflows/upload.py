@@ -80,6 +80,7 @@ class UploadOptions:
     managed_disk: bool = False  # the blob is a managed disk's: write pages only, read nothing
     dry_run: bool = False  # count what would be sent, contact nothing
     cap_mbps: float | None = None  # bandwidth cap, megabits per second of page data
+    progress_every: float = 10.0  # seconds between progress lines when stderr is no terminal
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
 
@@ -194,6 +195,19 @@ class Pacer:
         if wait > 0:
             time.sleep(wait)
         self.admitted += length
+
+
+class ProgressLines:
+    """Without a terminal (no bar): a line every `every` seconds, for logs of unattended runs."""
+
+    def __init__(self, log: Callable[[str], None], size: int, every: float):
+        self.log, self.size, self.every = log, size, every
+        self.due = time.monotonic() + every
+
+    def tick(self, position: int, sent: int) -> None:
+        if time.monotonic() >= self.due:
+            self.log(f"upload: {position / self.size:.0%} of the disk scanned, {sent:,} bytes of page data sent")
+            self.due = time.monotonic() + self.every
 
 
 Acknowledged = Callable[[int, int], None]  # (offset, length) of a Put Page the service answered
@@ -323,12 +337,15 @@ def send(blob: PageBlob | None, lease_id: str | None, image: FixedImage, present
 
     pacer = Pacer(options.cap_mbps)
     with progress_bar(body, "upload") as progress:
+        lines = ProgressLines(options.log, image.data_size, options.progress_every) if progress is None else None
         with sender(options.workers, acknowledged) as data_sender:
             for chunk in scan(body, progress=progress):
                 if md5 is not None:
                     md5.add(chunk.offset, chunk.view)
                 for offset, data in nonzero_data([chunk]):
                     piece(offset, data, data_sender)
+                if lines is not None:
+                    lines.tick(chunk.offset + len(chunk.view), data_sender.sent if data_sender else result.sent_bytes)
         if source_changed(image.disk):  # checked before the footer makes the blob a VHD
             raise VhdError("changed while it was being uploaded: run the upload again", image.path)
         with sender(1, None) as last:  # every data page is acknowledged by now
