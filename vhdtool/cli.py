@@ -276,6 +276,7 @@ def upload(
     managed_disk: Annotated[bool, typer.Option("--managed-disk", help="DEST is a managed disk created for upload (az disk create --for-upload): write pages only; progress kept in a local journal. Implied when the SAS cannot read the blob.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent (bytes, requests, blob size); contact nothing.")] = False,
     cap_mbps: Annotated[Optional[float], typer.Option("--cap-mbps", help="Bandwidth cap in megabits per second.")] = None,
+    since: Annotated[Optional[Path], typer.Option("--since", help="DEST holds this older image (uploaded by vhdtool): send only the pages where SRC differs, clear those that became zero.")] = None,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -292,7 +293,7 @@ def upload(
     location = blob_from_args(dest, container, name, connection_string)
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=md5,
                             verify=verify, align=align, managed_disk=managed_disk, dry_run=dry_run,
-                            cap_mbps=cap_mbps, log=note)
+                            cap_mbps=cap_mbps, since=since, log=note)
     done = do_upload(src, location, options)
     if dry_run:
         typer.echo(f"would upload {src} -> {location} ({done.blob_size:,} byte page blob)")
@@ -306,7 +307,10 @@ def upload(
         typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} {kind}"
                    f"{', resumed' if done.resumed else ''})")
         typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
-        typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
+        if since is not None:
+            typer.echo(f"  cleared:  {done.cleared:,} Clear Pages requests (pages that became zero)")
+        else:
+            typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")
     typer.echo(f"  retries:  {done.retries}")
     if done.content_md5:
         typer.echo(f"  md5:      {done.content_md5}")

@@ -188,6 +188,10 @@ class PageBlob:
         self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data),
                   lease=lease, transactional_content_md5=md5)
 
+    def clear(self, offset: int, length: int, lease: str | None) -> None:
+        """One Clear Pages request: the range reads as zeros again and holds no page."""
+        self.call(f"clearing pages at offset {offset:,}", self.client.clear_page, offset, length, lease=lease)
+
     def clear_within(self, offset: int) -> bool:
         """Clear Pages on the one page at `offset`: False when the blob ends before it (416).
 
@@ -271,10 +275,12 @@ class PageBlob:
 
         self.call(f"reading {len(buf):,} bytes at offset {offset:,}", read)
 
-    def set_content_md5(self, md5: bytes, lease: str | None) -> None:
+    def set_content_md5(self, md5: bytes | None, lease: str | None) -> None:
+        """Set the blob's Content-MD5, or with None remove it."""
         from azure.storage.blob import ContentSettings
 
-        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        settings = ContentSettings(content_type="application/octet-stream",
+                                   content_md5=bytearray(md5) if md5 is not None else None)
         self.call("setting Content-MD5", self.client.set_http_headers, settings, lease=lease)
 
     def set_metadata(self, metadata: dict[str, str], lease: str | None) -> None:

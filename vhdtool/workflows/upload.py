@@ -64,6 +64,7 @@ PAGE = 512
 STATE_KEY = "vhdtool_state"
 MD5_KEY = "vhdtool_md5"
 PARTIAL, COMPLETE = "partial", "complete"
+PATCHING = "patching"  # --since under way: the blob holds OLD's pages with some of NEW's
 VERIFY_READERS = 4  # parallel ranged GETs of --verify (memory: 2n + 1 buffers of 4 MiB)
 IN_FLIGHT_BYTES = 48 * MiB  # page data held for requests not yet answered
 
@@ -81,6 +82,7 @@ class UploadOptions:
     dry_run: bool = False  # count what would be sent, contact nothing
     cap_mbps: float | None = None  # bandwidth cap, megabits per second of page data
     progress_every: float = 10.0  # seconds between progress lines when stderr is no terminal
+    since: Path | None = None  # the image the blob holds: send only where the source differs
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
 
@@ -95,6 +97,7 @@ class UploadResult:
     present_bytes: int = 0  # found already on the blob (resumed upload)
     retries: int = 0
     seconds: float = 0.0
+    cleared: int = 0  # Clear Pages requests (--since: pages that became zero)
     content_md5: str | None = None  # base64, as Azure shows it
     sparse_digest: str | None = None
     managed_disk: bool = False
@@ -226,25 +229,35 @@ class Sender:
         self.room = Condition()
         self.held = self.held_bytes = 0
         self.failure: BaseException | None = None
-        self.requests = self.sent = 0
+        self.requests = self.sent = self.clears = 0
 
     def put(self, offset: int, data: bytes) -> None:
-        length = len(data)
+        self._submit(offset, len(data), data)
+
+    def clear(self, offset: int, length: int) -> None:
+        """A Clear Pages request (no data: nothing held, nothing paced)."""
+        self._submit(offset, length, None)
+
+    def _submit(self, offset: int, length: int, data: bytes | None) -> None:
+        held = length if data is not None else 0
         with self.room:
-            while self.held and (self.held > self.workers or self.held_bytes + length > IN_FLIGHT_BYTES):
+            while self.held and (self.held > self.workers or self.held_bytes + held > IN_FLIGHT_BYTES):
                 self.room.wait()
             if self.failure is not None:
                 raise self.failure
             self.held += 1
-            self.held_bytes += length
-        if self.pacer is not None:
-            self.pacer.admit(length)
-        future = self.pool.submit(self.blob.put, offset, data, self.lease_id)
-        future.add_done_callback(lambda done: self._done(done, offset, length))
+            self.held_bytes += held
+        if data is None:
+            future = self.pool.submit(self.blob.clear, offset, length, self.lease_id)
+        else:
+            if self.pacer is not None:
+                self.pacer.admit(length)
+            future = self.pool.submit(self.blob.put, offset, data, self.lease_id)
+        future.add_done_callback(lambda done: self._done(done, offset, held, data is None))
 
-    def _done(self, future: Future[None], offset: int, length: int) -> None:
+    def _done(self, future: Future[None], offset: int, length: int, cleared: bool = False) -> None:
         error = None if future.cancelled() else future.exception()
-        if error is None and not future.cancelled() and self.acknowledged is not None:
+        if error is None and not future.cancelled() and not cleared and self.acknowledged is not None:
             try:
                 self.acknowledged(offset, length)
             except OSError as exc:  # the journal could not be written: stop, say why
@@ -254,6 +267,8 @@ class Sender:
             self.held_bytes -= length
             if error is not None:
                 self.failure = self.failure or error
+            elif cleared:
+                self.clears += 1
             elif not future.cancelled():
                 self.requests += 1
                 self.sent += length
@@ -468,6 +483,66 @@ def az_disk_create(size: int, hyper_v_generation: str | None = None, resource_gr
     return f"az disk create -g {resource_group} -n {name} --for-upload --upload-size-bytes {size}{generation}"
 
 
+def patch_since(blob: PageBlob, image: FixedImage, identity: SourceIdentity, old: FixedImage,
+                options: UploadOptions, result: UploadResult) -> None:
+    """Turn the blob, which holds OLD (as uploaded by vhdtool), into this image: only the pages
+    where they differ are sent or cleared, the footer last.
+
+    That the blob holds OLD is taken from its metadata (OLD's identity and sparse digest) before
+    anything is sent, and OLD's digest is computed in the same pass and compared before the
+    footer: a blob that did not hold OLD after all is left marked incomplete, never complete.
+    While patching, the metadata says so: a plain upload will not resume it as its own.
+    """
+    from vhdtool.workflows.delta import changes
+
+    if old.virtual_size != image.virtual_size:
+        raise VhdError(f"--since: {old.virtual_size:,} bytes as a fixed VHD, this image {image.virtual_size:,}: "
+                       "only an image of the same size can be patched", old.path)
+    if options.md5 or options.verify:
+        raise VhdError("--since sends only the changes: --md5 and --verify need the whole image, "
+                       "upload without --since for them")
+    old_identity = SourceIdentity.of(old.disk, old.virtual_size)
+    props = blob.properties()
+    recorded = (props.metadata or {}).get(SPARSE_KEY) if props is not None else None
+    why = old_identity.mismatch(props) if props is not None else "there is no such blob"
+    if why is None and (props.metadata or {}).get(STATE_KEY) not in (COMPLETE, PATCHING):
+        why = "its upload did not complete"
+    if why is None and recorded is None:
+        why = "it has no sparse digest recorded"
+    if why is not None:
+        raise VhdError(f"--since: the blob does not hold {old.path} ({why}): upload without --since",
+                       blob.location)
+    held = leases.acquire(blob, props, options.log)
+    try:
+        blob.set_metadata(old_identity.metadata(PATCHING) | {SPARSE_KEY: recorded} | leases.holder_metadata(held.id),
+                          held.id)
+        blob.set_content_md5(None, held.id)  # a whole-blob MD5 of OLD would be wrong from now on
+        new_digest, old_digest = SparseDigest(), SparseDigest()
+        body, old_body = Window(image, 0, image.data_size), Window(old, 0, old.data_size)
+        with Sender(blob, held.id, options.workers, Pacer(options.cap_mbps)) as sender:
+            for change in changes(body, old_body, new_digest, old_digest):
+                if change.data is None:
+                    sender.clear(change.offset, change.length)
+                else:
+                    sender.put(change.offset, bytes(change.data))
+        new_digest.add(image.data_size, image.footer_bytes)
+        old_digest.add(old.data_size, old.footer_bytes)
+        if old_digest.hexdigest(old.virtual_size) != recorded:
+            raise VhdError(f"--since: the blob did not hold {old.path} after all (its recorded digest is not "
+                           "OLD's): it is left incomplete; upload with --overwrite", blob.location)
+        if source_changed(image.disk) or source_changed(old.disk):
+            raise VhdError("changed while it was being uploaded: run the upload again", image.path)
+        with Sender(blob, held.id, 1) as last:
+            last.put(image.data_size, image.footer_bytes)
+        result.sparse_digest = new_digest.hexdigest(image.virtual_size)
+        result.nonzero_bytes = 0  # not counted: only the changes were scanned for
+        result.requests, result.sent_bytes = sender.requests + last.requests, sender.sent + last.sent
+        result.cleared = sender.clears
+        finish(blob, held.id, identity, None, result.sparse_digest)
+    finally:
+        held.release()
+
+
 def readable_properties(blob: PageBlob) -> tuple[bool, BlobProperties | None]:
     """(False, None) when the credential may not read the blob (a managed disk's upload SAS),
     else (True, its properties or None if it does not exist)."""
@@ -496,12 +571,16 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
             return result
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
             try:
-                readable, props = (False, None) if options.managed_disk else readable_properties(blob)
-                result.managed_disk = not readable
-                if result.managed_disk:
-                    to_managed_disk(blob, image, options, result)
+                if options.since is not None:
+                    with open_disk(options.since) as old:
+                        patch_since(blob, image, identity, fixed_image(old, options.align), options, result)
                 else:
-                    transfer(blob, props, image, identity, options, result)
+                    readable, props = (False, None) if options.managed_disk else readable_properties(blob)
+                    result.managed_disk = not readable
+                    if result.managed_disk:
+                        to_managed_disk(blob, image, options, result)
+                    else:
+                        transfer(blob, props, image, identity, options, result)
             except TransferError as exc:
                 raise TransferError(f"upload interrupted: {exc.detail}; run the same command again to "
                                     "resume, only the missing pages will be sent", exc.path) from None
