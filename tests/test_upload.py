@@ -826,3 +826,36 @@ def test_since_refuses_a_blob_that_does_not_hold_old(azurite, container, tmp_pat
         assert proxy.stats.put_page_bytes == 0
     assert refused.code == 2 and "does not hold" in refused.err and len(refused.err.strip().splitlines()) == 1
     assert blob_content(blob) == before and blob.get_blob_properties().metadata["vhdtool_state"] == "complete"
+
+
+# --- --base PARENT_URL: a differencing child onto its parent's blob -------------------------------
+
+
+def test_base_sends_only_the_childs_own_sectors(azurite, container, cli, tmp_path) -> None:
+    """The parent uploaded first; the child with --base: the parent's blob copied server-side,
+    then only the child's own sectors (counted at the proxy) and Clear Pages where it wrote
+    zeros; the blob is the child's fixed form exactly."""
+    child = FIXTURES / "chain-child1.vhd"
+    upload(FIXTURES / "chain-base.vhd", location(azurite, container, "base.vhd"))
+    expected = image_bytes(child)
+    with open_disk(child) as disk:
+        own = list(merge(disk.own_allocated()))
+    own_data = sum(1 for s, e in own for i in range(s, e, 512) if any(expected[i:i + 512]))
+    with FaultProxy(azurite.port) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        base_url = f"{proxy.endpoint(azurite.account_name)}/{container.container_name}/base.vhd"  # no SAS: the key
+        done = cli("upload", str(child), "--container", container.container_name, "--name", "c.vhd",
+                   "--base", base_url, env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+        assert done.code == 0, done.err
+        assert proxy.stats.put_page_bytes == sent_bytes(done.out) <= 1.01 * own_data * 512 + 512
+    blob = container.get_blob_client("c.vhd")
+    assert blob_content(blob) == expected
+    assert blob.get_blob_properties().metadata["vhdtool_state"] == "complete"
+
+
+def test_base_refuses_a_blob_that_is_not_the_parent(azurite, container, cli) -> None:
+    upload(KINDS["fixed"], location(azurite, container, "other.vhd"))
+    done = cli("upload", str(FIXTURES / "chain-child1.vhd"), "--container", container.container_name,
+               "--name", "c.vhd", "--base", location(azurite, container, "other.vhd").url, env=conn_env(azurite))
+    assert done.code == 2 and "not this child's parent" in done.err
+    assert not container.get_blob_client("c.vhd").exists()

@@ -277,6 +277,7 @@ def upload(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent (bytes, requests, blob size); contact nothing.")] = False,
     cap_mbps: Annotated[Optional[float], typer.Option("--cap-mbps", help="Bandwidth cap in megabits per second.")] = None,
     since: Annotated[Optional[Path], typer.Option("--since", help="DEST holds this older image (uploaded by vhdtool): send only the pages where SRC differs, clear those that became zero.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="SRC is a differencing image whose parent was uploaded to this blob URL: copy it to DEST server-side, then send only SRC's own sectors.")] = None,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -286,6 +287,7 @@ def upload(
     the same command again to resume).
     """
     from vhdtool.azure.address import blob_from_args
+    from vhdtool.azure.location import BlobLocation
     from vhdtool.units import format_size
     from vhdtool.workflows.upload import UploadOptions
     from vhdtool.workflows.upload import upload as do_upload
@@ -293,7 +295,8 @@ def upload(
     location = blob_from_args(dest, container, name, connection_string)
     options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=md5,
                             verify=verify, align=align, managed_disk=managed_disk, dry_run=dry_run,
-                            cap_mbps=cap_mbps, since=since, log=note)
+                            cap_mbps=cap_mbps, since=since, log=note,
+                            base=BlobLocation.from_url(base) if base is not None else None)
     done = do_upload(src, location, options)
     if dry_run:
         typer.echo(f"would upload {src} -> {location} ({done.blob_size:,} byte page blob)")
@@ -307,7 +310,7 @@ def upload(
         typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} {kind}"
                    f"{', resumed' if done.resumed else ''})")
         typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {done.requests:,} Put Page requests")
-        if since is not None:
+        if since is not None or base is not None:
             typer.echo(f"  cleared:  {done.cleared:,} Clear Pages requests (pages that became zero)")
         else:
             typer.echo(f"  skipped:  {done.zero_pages:,} zero pages; {done.present_bytes:,} bytes already on the blob")

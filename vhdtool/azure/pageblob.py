@@ -275,6 +275,21 @@ class PageBlob:
 
         self.call(f"reading {len(buf):,} bytes at offset {offset:,}", read)
 
+    def copy_from(self, source: BlobLocation, poll: float = 0.2) -> None:
+        """Server-side copy of the blob at `source` (its SAS, if any, authorizes the read) onto
+        this one, waiting until the service has finished it."""
+        import time
+
+        url = f"{source.url}?{source.sas_token}" if source.sas_token else source.url
+        answer = self.call("starting the server-side copy", self.client.start_copy_from_url, url)
+        status = answer.get("copy_status")
+        while status == "pending":
+            time.sleep(poll)
+            props = self.properties()
+            status = props.copy.status if props is not None else "deleted"
+        if status != "success":
+            raise VhdError(f"the server-side copy ended {status}", self.location)
+
     def set_content_md5(self, md5: bytes | None, lease: str | None) -> None:
         """Set the blob's Content-MD5, or with None remove it."""
         from azure.storage.blob import ContentSettings

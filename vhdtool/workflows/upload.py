@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from vhdtool import ranges
 from vhdtool.azure import lease as leases
-from vhdtool.azure.location import BlobLocation
+from vhdtool.azure.location import BlobLocation, ContainerLocation
 from vhdtool.azure.pageblob import Forbidden, PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
@@ -51,6 +51,7 @@ from vhdtool.errors import VhdError
 from vhdtool.disk.fixed import FixedImage
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.ranges import Range
+from vhdtool.workflows.delta import Widened
 from vhdtool.workflows.journal import Journal
 from vhdtool.workflows.snapshot import fingerprint
 from vhdtool.workflows.sparse_digest import METADATA_KEY as SPARSE_KEY
@@ -64,7 +65,7 @@ PAGE = 512
 STATE_KEY = "vhdtool_state"
 MD5_KEY = "vhdtool_md5"
 PARTIAL, COMPLETE = "partial", "complete"
-PATCHING = "patching"  # --since under way: the blob holds OLD's pages with some of NEW's
+PATCHING = "patching"  # --since or --base under way: pages of another image are on the blob
 VERIFY_READERS = 4  # parallel ranged GETs of --verify (memory: 2n + 1 buffers of 4 MiB)
 IN_FLIGHT_BYTES = 48 * MiB  # page data held for requests not yet answered
 
@@ -83,6 +84,7 @@ class UploadOptions:
     cap_mbps: float | None = None  # bandwidth cap, megabits per second of page data
     progress_every: float = 10.0  # seconds between progress lines when stderr is no terminal
     since: Path | None = None  # the image the blob holds: send only where the source differs
+    base: BlobLocation | None = None  # the parent's blob: copy it, send only the child's own sectors
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
 
@@ -300,7 +302,8 @@ def claim(blob: PageBlob, props: BlobProperties | None, identity: SourceIdentity
         props = blob.properties()  # read again: only now, under our lease, does it hold still
         why = identity.mismatch(props) if props is not None else "it was deleted"
         metadata = identity.metadata(PARTIAL) | leases.holder_metadata(held.id)
-        if why is None and options.resume:
+        # a blob being patched holds another image's pages: not ours to resume page by page
+        if why is None and options.resume and (props.metadata or {}).get(STATE_KEY) != PATCHING:
             blob.set_metadata(metadata, held.id)
             return held, blob.page_ranges(identity.blob_size, held.id)
         if why is not None and not options.overwrite:
@@ -543,6 +546,76 @@ def patch_since(blob: PageBlob, image: FixedImage, identity: SourceIdentity, old
         held.release()
 
 
+def with_key_of(base: BlobLocation, dest: BlobLocation) -> BlobLocation:
+    """`base` as given, or, given without a SAS in the account DEST is reached by its key,
+    with that key (as `az` does for a source in the same account)."""
+    if base.credential_kind is not None or base.account_url != dest.account_url or not dest.account_key:
+        return base
+    same = dest.container_location
+    return BlobLocation(ContainerLocation(same.account_url, base.container, same.account_name, None, same.account_key),
+                        base.name)
+
+
+def copy_base(blob: PageBlob, base: BlobLocation, child: Disk, size: int, options: UploadOptions) -> None:
+    """Check that the blob at `base` is the child's parent as vhdtool uploads it (its footer's
+    UUID is the one the child's header names, same size), then copy it into the destination
+    server-side, waiting for the copy to end."""
+    from vhdtool.azure.remote import read_blob_ends
+
+    ends = read_blob_ends(base)
+    footer = ends.footer
+    wanted = child.header.parent_unique_id
+    if footer is None or footer.cookie != b"conectix" or footer.unique_id != wanted:
+        found = footer.unique_id.hex() if footer is not None and footer.cookie == b"conectix" else "no VHD footer"
+        raise VhdError(f"--base: the blob is not this child's parent (its footer UUID: {found}; the child's parent: "
+                       f"{wanted.hex()})", base)
+    if ends.info.size != size:
+        raise VhdError(f"--base: the blob is {ends.info.size:,} bytes, this child as a fixed VHD {size:,}", base)
+    props = blob.properties()
+    if props is not None and not options.overwrite:
+        raise VhdError("the blob exists: use --overwrite to replace it with the base and this child", blob.location)
+    blob.copy_from(base)
+
+
+def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, options: UploadOptions,
+               result: UploadResult) -> None:
+    """The differencing child onto a copy of its parent's blob: only the sectors the child's
+    bitmaps mark are sent (cleared where the child wrote zeros), the footer last. Interrupted,
+    the blob stays marked as being patched: a re-run starts over (the copy is server-side)."""
+    disk = image.disk
+    if disk.kind != "differencing" or options.base is None:
+        raise VhdError("--base is for a differencing image (its parent's blob is the base)", disk.path)
+    if options.md5 or options.verify:
+        raise VhdError("--base sends only the child's sectors: --md5 and --verify need the whole image, "
+                       "upload without --base for them")
+    copy_base(blob, with_key_of(options.base, blob.location), disk, image.virtual_size, options)
+    props = blob.properties()
+    if props is None:
+        raise VhdError("the blob disappeared right after the copy", blob.location)
+    held = leases.acquire(blob, props, options.log)
+    try:
+        blob.set_metadata(identity.metadata(PATCHING) | leases.holder_metadata(held.id), held.id)
+        own = list(ranges.merge(disk.own_allocated()))
+        body, owned = Widened(Window(image, 0, image.data_size), own), ranges.SortedRanges(own)
+        with Sender(blob, held.id, options.workers, Pacer(options.cap_mbps)) as sender:
+            for chunk in scan(body):
+                for offset, data in nonzero_data([chunk]):
+                    sender.put(offset, bytes(data))
+                # the child's own sectors that are zero: the base's data there must go
+                for start, end in ranges.subtract(owned.within(chunk.offset, chunk.offset + len(chunk.view)),
+                                                  chunk.runs):
+                    sender.clear(start, end - start)
+        if source_changed(disk):
+            raise VhdError("changed while it was being uploaded: run the upload again", image.path)
+        with Sender(blob, held.id, 1) as last:
+            last.put(image.data_size, image.footer_bytes)
+        result.requests, result.sent_bytes = sender.requests + last.requests, sender.sent + last.sent
+        result.cleared = sender.clears
+        finish(blob, held.id, identity, None, None)
+    finally:
+        held.release()
+
+
 def readable_properties(blob: PageBlob) -> tuple[bool, BlobProperties | None]:
     """(False, None) when the credential may not read the blob (a managed disk's upload SAS),
     else (True, its properties or None if it does not exist)."""
@@ -571,7 +644,9 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
             return result
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:
             try:
-                if options.since is not None:
+                if options.base is not None:
+                    patch_base(blob, image, identity, options, result)
+                elif options.since is not None:
                     with open_disk(options.since) as old:
                         patch_since(blob, image, identity, fixed_image(old, options.align), options, result)
                 else:
