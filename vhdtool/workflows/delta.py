@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from vhdtool import ranges
-from vhdtool.engine.pipeline import PAGE, PUT_PAGE_MAX, Chunk, Source, nonzero_data, scan
+from vhdtool.engine.pipeline import (
+    PAGE,
+    PUT_PAGE_MAX,
+    Chunk,
+    Source,
+    nonzero_data,
+    scan,
+)
 from vhdtool.ranges import Range
 from vhdtool.workflows.sparse_digest import SparseDigest
 
