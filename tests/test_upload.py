@@ -859,3 +859,16 @@ def test_base_refuses_a_blob_that_is_not_the_parent(azurite, container, cli) -> 
                "--name", "c.vhd", "--base", location(azurite, container, "other.vhd").url, env=conn_env(azurite))
     assert done.code == 2 and "not this child's parent" in done.err
     assert not container.get_blob_client("c.vhd").exists()
+
+
+def test_a_bad_signature_is_not_taken_for_a_managed_disk(azurite, container, cli, state_home) -> None:
+    """A refused credential (AuthenticationFailed) ends the upload; only a SAS lacking the read
+    permission (AuthorizationPermissionMismatch) means a write-only managed disk."""
+    expected = image_bytes(KINDS["fixed"])
+    with FaultProxy(azurite.port) as proxy:
+        url = managed_disk(azurite, container, "bad", len(expected), proxy)
+        forged = re.sub(r"sig=[^&]+", "sig=AAAA", url)
+        refused = cli("upload", str(KINDS["fixed"]), forged)
+        assert proxy.stats.methods["PUT"] == 0
+    assert refused.code == 2 and "reading the blob properties failed: 403" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "AAAA" not in refused.err

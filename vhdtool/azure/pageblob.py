@@ -21,6 +21,7 @@ from vhdtool.azure.retry import (
     RetryPolicy,
     TransferError,
     describe,
+    error_code,
     is_transient,
     status_of,
 )
@@ -35,8 +36,13 @@ T = TypeVar("T")
 
 
 class Forbidden(VhdError):
-    """The credential does not allow this call (403): a managed disk's upload SAS allows page
-    writes only."""
+    """The service refused this call (403): `code` says why (a SAS without the permission for
+    it, such as a managed disk's upload SAS, which allows page writes only:
+    AuthorizationPermissionMismatch; a bad credential: AuthenticationFailed...)."""
+
+    def __init__(self, message: str, path: object | None, code: str | None):
+        super().__init__(message, path)
+        self.code = code
 
 # Get Page Ranges is asked per segment: on a large, fragmented blob one unbounded call can
 # time out on the service side (Azure's guidance is to bound the range).
@@ -121,7 +127,7 @@ class PageBlob:
                     self.location,
                 ) from None
             if isinstance(exc, AzureError) and status_of(exc) == 403:
-                raise Forbidden(f"{doing} failed: {describe(exc)}", self.location) from None
+                raise Forbidden(f"{doing} failed: {describe(exc)}", self.location, error_code(exc)) from None
             if isinstance(exc, AzureError):
                 raise VhdError(f"{doing} failed: {describe(exc)}", self.location) from None
             raise

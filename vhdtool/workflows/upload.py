@@ -51,7 +51,7 @@ from vhdtool.errors import VhdError
 from vhdtool.disk.fixed import FixedImage
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.ranges import Range
-from vhdtool.workflows.delta import Widened
+from vhdtool.workflows.delta import Widened, changes
 from vhdtool.workflows.journal import Journal
 from vhdtool.workflows.snapshot import fingerprint
 from vhdtool.workflows.sparse_digest import METADATA_KEY as SPARSE_KEY
@@ -496,8 +496,6 @@ def patch_since(blob: PageBlob, image: FixedImage, identity: SourceIdentity, old
     footer: a blob that did not hold OLD after all is left marked incomplete, never complete.
     While patching, the metadata says so: a plain upload will not resume it as its own.
     """
-    from vhdtool.workflows.delta import changes
-
     if old.virtual_size != image.virtual_size:
         raise VhdError(f"--since: {old.virtual_size:,} bytes as a fixed VHD, this image {image.virtual_size:,}: "
                        "only an image of the same size can be patched", old.path)
@@ -617,11 +615,14 @@ def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, opti
 
 
 def readable_properties(blob: PageBlob) -> tuple[bool, BlobProperties | None]:
-    """(False, None) when the credential may not read the blob (a managed disk's upload SAS),
-    else (True, its properties or None if it does not exist)."""
+    """(False, None) when the SAS lacks the permission to read the blob (a managed disk's
+    upload SAS), else (True, its properties or None if it does not exist). A credential
+    refused outright (a wrong key or token) is an error, not a managed disk."""
     try:
         return True, blob.properties()
-    except Forbidden:
+    except Forbidden as refused:
+        if refused.code != "AuthorizationPermissionMismatch":
+            raise
         return False, None
 
 
