@@ -872,3 +872,13 @@ def test_a_bad_signature_is_not_taken_for_a_managed_disk(azurite, container, cli
         assert proxy.stats.methods["PUT"] == 0
     assert refused.code == 2 and "reading the blob properties failed: 403" in refused.err
     assert len(refused.err.strip().splitlines()) == 1 and "AAAA" not in refused.err
+
+
+def test_verify_compares_the_recorded_sparse_digest(azurite, container, cli) -> None:
+    env = conn_env(azurite)
+    args = ["upload", str(KINDS["dynamic"]), "--container", container.container_name, "--name", "g.vhd", "--verify"]
+    assert cli(*args, env=env).code == 0
+    blob = container.get_blob_client("g.vhd")
+    blob.set_blob_metadata(blob.get_blob_properties().metadata | {"vhdtool_sparse_sha256": "0" * 64})
+    caught = cli(*args, env=env)
+    assert caught.code == 2 and "recorded sparse digest" in caught.err, caught.err

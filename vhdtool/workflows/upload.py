@@ -391,9 +391,10 @@ def finish(blob: PageBlob, lease_id: str, identity: SourceIdentity, md5: bytes |
     blob.set_metadata(metadata, lease_id)
 
 
-def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: int) -> None:
+def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, sparse: str | None, workers: int) -> None:
     """The blob's page ranges are exactly the image's non-zero runs, and the MD5 of its
-    content (page ranges read back, gaps as zeros) and its Content-MD5 equal ours."""
+    content (page ranges read back, gaps as zeros), its Content-MD5 and its recorded sparse
+    digest equal ours."""
     local = list(ranges.merge(runs))
     remote = blob.page_ranges(size)
     if remote != local:
@@ -409,6 +410,10 @@ def verify(blob: PageBlob, size: int, runs: list[Range], md5: bytes, workers: in
     if stored and bytes(stored) != md5:
         raise VhdError(f"verify failed: the blob's Content-MD5 {b64(stored)} "
                        f"is not the image's", blob.location)
+    recorded = (props.metadata or {}).get(SPARSE_KEY) if props is not None else None
+    if recorded != sparse:
+        raise VhdError(f"verify failed: the blob's recorded sparse digest {recorded} is not the image's "
+                       f"{sparse}", blob.location)
 
 
 def transfer(blob: PageBlob, props: BlobProperties | None, image: FixedImage, identity: SourceIdentity,
@@ -432,7 +437,7 @@ def transfer(blob: PageBlob, props: BlobProperties | None, image: FixedImage, id
         if md5 is not None and options.md5:
             result.content_md5 = b64(md5)
     if runs is not None and md5 is not None:
-        verify(blob, image.virtual_size, runs, md5, min(options.workers, VERIFY_READERS))
+        verify(blob, image.virtual_size, runs, md5, result.sparse_digest, min(options.workers, VERIFY_READERS))
         result.verified = True
 
 
