@@ -10,9 +10,13 @@ whole Content-MD5 (every zero of the disk hashed: opt-in, as AzCopy's --put-md5)
 Two kinds of destination:
 - a page blob vhdtool creates and owns (metadata, lease, page ranges: below);
 - a managed disk created for upload (`az disk create --for-upload`): an existing blob whose
-  SAS allows page writes only. Chosen by --managed-disk, or when the blob's properties cannot
-  be read. Its size must be the fixed VHD's; progress is kept in a local journal
-  (vhdtool.workflows.journal) since the blob can hold none.
+  SAS allows page writes only. Chosen by --managed-disk, or when the SAS lacks the permission
+  to read the blob. Its size must be the fixed VHD's (checked with Clear Pages); progress is
+  kept in a local journal (vhdtool.workflows.journal) since the blob can hold none.
+
+Sending less than the image: --since OLD (the blob holds OLD: only the pages that differ,
+vhdtool.workflows.delta) and --base PARENT_URL (a differencing child onto a server-side copy
+of its parent's blob: only the child's own sectors).
 
 Surviving a crash, a kill or a network failure:
 - the footer is sent last, once every data page is acknowledged, so a blob cut short is
