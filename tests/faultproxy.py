@@ -9,7 +9,14 @@ them (`Faults.rate`) is broken in one of three ways:
   client cannot know: retries must be idempotent);
 - "reset": the connection is reset (RST) before anything is forwarded;
 - "stall" (only when asked for): no answer for `Faults.stall` seconds, then the connection is
-  closed (the client's read timeout must fire first).
+  closed (the client's read timeout must fire first);
+- "corrupt" (only when asked for): one byte of the body flipped on the way, the request's if it
+  has one (the server must refuse it by its Content-MD5), else the answer's (the client must
+  notice by the range's Content-MD5).
+
+A link speed (`Faults.link_rate`, bytes per second, each direction) makes it a slow network
+link shared by all connections: each message takes its size / rate on the link, one after
+the other, as on a real link (for benchmarks).
 
 Deterministic: whether and how a request is broken is a seeded hash of the request (method,
 path and query, byte range) and of how many times that request was seen, never of thread
@@ -52,6 +59,10 @@ class Request:
         return self.method == "PUT" and "comp=page" in self.target and self.headers.get("x-ms-page-write") == "update"
 
     @property
+    def body(self) -> bytes:
+        return self.raw[len(self.raw) - self.body_length:] if self.body_length else b""
+
+    @property
     def key(self) -> str:
         return f"{self.method} {self.target} {self.headers.get('x-ms-range') or self.headers.get('range', '')}"
 
@@ -69,6 +80,7 @@ class Faults:
     stall: float = 2.0  # how long a "stall" fault holds the connection silent
     only: Callable[[Request], bool] = any_request  # which requests are eligible
     seed: int = 1
+    link_rate: float = 0.0  # bytes per second each way on the shared link; 0: no limit
 
 
 @dataclass
@@ -77,6 +89,24 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     methods: Counter = field(default_factory=Counter)
     put_page_bytes: int = 0  # page data of Put Page requests the server answered
+
+
+class Link:
+    """One direction of a link of `rate` bytes per second shared by every connection: a message
+    waits for the link to be free, then for its own transmission time."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.free_at = 0.0
+        self.lock = threading.Lock()
+
+    def carry(self, size: int) -> None:
+        if not self.rate:
+            return
+        with self.lock:
+            done = max(time.monotonic(), self.free_at) + size / self.rate
+            self.free_at = done
+        time.sleep(max(0.0, done - time.monotonic()))
 
 
 class _Closed(Exception):
@@ -143,6 +173,7 @@ class FaultProxy:
                  max_connections: int = 64):
         self.upstream_port, self.faults = upstream_port, faults
         self.stats = Stats()
+        self.up, self.down = Link(faults.link_rate), Link(faults.link_rate)
         self._lock = threading.Lock()
         self._seen: Counter = Counter()
         self._broken: Counter = Counter()
@@ -215,8 +246,10 @@ class FaultProxy:
         return kind
 
     def _exchange(self, upstream: socket.socket, buf: bytearray, request: Request) -> tuple[str, bytes]:
+        self.up.carry(len(request.raw))
         upstream.sendall(request.raw)
         status_line, _, answer = read_message(upstream, buf, response_to=request.method)
+        self.down.carry(len(answer))
         return status_line, answer
 
     def _forward(self, upstream: socket.socket | None, buf: bytearray,
@@ -248,7 +281,11 @@ class FaultProxy:
             return upstream, None
         if fault == "503":
             return upstream, busy_answer(request.method)
+        if fault == "corrupt" and request.body_length:
+            request = Request(request.method, request.target, request.headers, flip_last(request.raw))
         upstream, (status_line, answer) = self._forward(upstream, buf, request)
+        if fault == "corrupt" and not request.body_length and body_length(answer):
+            answer = flip_last(answer)
         if request.is_put_page and status_line.split(" ")[1] == "201":
             with self._lock:
                 self.stats.put_page_bytes += request.body_length
@@ -300,6 +337,17 @@ def busy_answer(method: str) -> bytes:
     head = (b"HTTP/1.1 503 Server Busy\r\nContent-Type: application/xml\r\nx-ms-error-code: ServerBusy\r\n"
             + f"Content-Length: {len(BUSY_BODY)}\r\n\r\n".encode())
     return head if method == "HEAD" else head + BUSY_BODY
+
+
+def flip_last(message: bytes) -> bytes:
+    """`message` with the last byte of its body inverted (its framing unchanged)."""
+    return message[:-1] + bytes([message[-1] ^ 0xFF])
+
+
+def body_length(answer: bytes) -> int:
+    """The Content-Length body size of an answer (0 when chunked or empty)."""
+    _, headers = _parse_head(answer[: answer.find(b"\r\n\r\n")])
+    return 0 if "transfer-encoding" in headers else int(headers.get("content-length", "0"))
 
 
 def _close(sock: socket.socket) -> None:

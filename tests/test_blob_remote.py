@@ -12,11 +12,11 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.remote import read_blob_ends
 from vhdtool.errors import VhdError
 from vhdtool.format.vhd.footer import COOKIE, DiskType
-from vhdtool.workflows.upload import upload
+from vhdtool.workflows.upload import UploadOptions, upload
 
 
 def test_two_ranged_gets_and_nothing_else(azurite, container) -> None:
-    upload(KINDS["dynamic"], location(azurite, container, "e.vhd"))
+    upload(KINDS["dynamic"], location(azurite, container, "e.vhd"), UploadOptions(md5=True))
     expected = image_bytes(KINDS["dynamic"])
     with FaultProxy(azurite.port) as proxy:
         conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))

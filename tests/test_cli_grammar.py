@@ -168,15 +168,14 @@ def test_check_of_several_images_exits_with_the_worst(cli, tmp_path):
     assert both.code == 2 and both.out.count("verdict:") == 3
 
 
-def test_transfer_json_shapes(cli, azurite, container):
+def test_transfer_json_shapes(cli, azurite, container, tmp_path):
     env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
     target = ["--container", container.container_name, "--name", "j.vhd"]
     up = cli("upload", str(FIXTURES / "windows-fixed-10m.vhd"), *target, "--json", env=env)
     assert up.code == 0 and keys(up) == SHAPES["upload"]
     again = cli("upload", str(FIXTURES / "windows-fixed-10m.vhd"), *target, "--json", env=env)
     assert json.loads(again.out)["already_complete"] is True
-    down = cli("download", *target, "-o", str(Path(container.container_name + ".vhd").absolute()), "--json", env=env)
-    Path(container.container_name + ".vhd").unlink()
+    down = cli("download", *target, "-o", str(tmp_path / "j.vhd"), "--json", env=env)
     assert down.code == 0 and keys(down) == SHAPES["download"]
 
 

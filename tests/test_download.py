@@ -34,13 +34,13 @@ def leftovers(folder: Path) -> list[str]:
 def test_download_gives_back_the_uploaded_image(kind, azurite, container, cli, tmp_path) -> None:
     src = KINDS[kind]
     expected = image_bytes(src)
-    upload(src, location(azurite, container, "d.vhd"))
+    upload(src, location(azurite, container, "d.vhd"), UploadOptions(md5=True))
     dest = tmp_path / "back.vhd"
     done = cli("download", "--container", container.container_name, "--name", "d.vhd", str(dest), env=conn_env(azurite))
     assert done.code == 0, done.err
     assert dest.read_bytes() == expected
     assert allocated(dest) <= allocation_bound(expected, tmp_path)
-    assert "Content-MD5 checked" in done.out and leftovers(tmp_path) == []
+    assert "Content-MD5 checked, sparse digest checked" in done.out and leftovers(tmp_path) == []
 
 
 def test_fetches_only_page_ranges_and_writes_no_zero_pages(azurite, container, tmp_path) -> None:
@@ -107,7 +107,7 @@ def test_not_a_page_blob_or_missing(azurite, container, cli, tmp_path) -> None:
 def test_interrupted_download_resumes_from_its_checkpoint(azurite, container, tmp_path) -> None:
     src = scattered_vhd(tmp_path / "src.vhd", 16 * MiB, pieces=40, seed=4)
     expected = image_bytes(src)
-    upload(src, location(azurite, container, "r.vhd"))
+    upload(src, location(azurite, container, "r.vhd"), UploadOptions(md5=True))
     dest = tmp_path / "out" / "r.vhd"
     dest.parent.mkdir()
 
@@ -128,7 +128,7 @@ def test_interrupted_download_resumes_from_its_checkpoint(azurite, container, tm
     assert partial.data.read_bytes()[:done_at] == expected[:done_at]  # durable part is right
 
     result = download(location(azurite, container, "r.vhd"), dest, DownloadOptions(workers=2))
-    assert result.resumed_from == done_at and result.md5_checked
+    assert result.resumed_from == done_at and result.md5_checked and result.digest_checked
     remaining = sum(e - max(s, done_at) for s, e in _ranges(container, "r.vhd") if e > done_at)
     assert result.fetched_bytes == remaining
     assert dest.read_bytes() == expected and leftovers(dest.parent) == []
@@ -144,6 +144,7 @@ def test_changed_blob_restarts_the_download(azurite, container, tmp_path) -> Non
     blob = container.get_blob_client("c.vhd")
     blob.upload_page(b"\x01" * 512, offset=0, length=512)  # ...then the blob changed (new ETag)
     blob.set_http_headers()  # and lost its Content-MD5
+    blob.set_blob_metadata({})  # and its sparse digest
     result = download(loc, dest)
     assert result.resumed_from == 0
     assert dest.read_bytes() == b"\x01" * 512 + image_bytes(KINDS["fixed"])[512:]
@@ -185,7 +186,7 @@ def test_md5_of_uploaded_blob_matches_download(azurite, container, tmp_path) -> 
     import hashlib
 
     src = scattered_vhd(tmp_path / "h.vhd", 8 * MiB, pieces=12, seed=6)
-    up = upload(src, location(azurite, container, "h.vhd"), UploadOptions(workers=3))
+    up = upload(src, location(azurite, container, "h.vhd"), UploadOptions(workers=3, md5=True))
     down = download(location(azurite, container, "h.vhd"), tmp_path / "h-back.vhd")
     assert down.md5_checked
     assert up.content_md5 == base64.b64encode(hashlib.md5((tmp_path / "h-back.vhd").read_bytes()).digest()).decode()

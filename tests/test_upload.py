@@ -10,6 +10,8 @@ import os
 import random
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import ContentSettings
 
 from conftest import FIXTURES
 from faultproxy import FaultProxy, Faults, Request
@@ -78,13 +81,28 @@ def scattered_vhd(path: Path, size: int, pieces: int, seed: int, piece: int = 64
     return path
 
 
-def check_blob_is(blob, expected: bytes) -> None:
-    """Exact content, exact page ranges (the non-zero pages), Content-MD5 of the content."""
+def sparse_sha256(content: bytes) -> str:
+    """The sparse digest of `content`, from its bytes: SHA-256 of (size, SHA-256 of the
+    non-zero runs as little-endian (start, end) pairs, SHA-256 of their data)."""
+    runs = page_runs(content)
+    pairs = b"".join(struct.pack("<QQ", s, e) for s, e in runs)
+    data = b"".join(content[s:e] for s, e in runs)
+    return hashlib.sha256(struct.pack("<Q", len(content)) + hashlib.sha256(pairs).digest()
+                          + hashlib.sha256(data).digest()).hexdigest()
+
+
+def check_blob_is(blob, expected: bytes, md5: bool = False) -> None:
+    """Exact content, exact page ranges (the non-zero pages), the sparse digest of the content
+    in the metadata, and with `md5` its Content-MD5 (without, none)."""
     props = blob.get_blob_properties()
     assert props.blob_type == "PageBlob" and props.size == len(expected)
     assert blob_ranges(blob) == page_runs(expected)
-    assert bytes(props.content_settings.content_md5) == hashlib.md5(expected).digest()
-    assert props.metadata["vhdtool_md5"] == base64.b64encode(hashlib.md5(expected).digest()).decode()
+    assert props.metadata["vhdtool_sparse_sha256"] == sparse_sha256(expected)
+    if md5:
+        assert bytes(props.content_settings.content_md5) == hashlib.md5(expected).digest()
+        assert props.metadata["vhdtool_md5"] == base64.b64encode(hashlib.md5(expected).digest()).decode()
+    else:
+        assert props.content_settings.content_md5 is None and "vhdtool_md5" not in props.metadata
     assert blob_content(blob) == expected
 
 
@@ -248,12 +266,17 @@ def test_rerun_sends_nothing_and_no_resume_sends_everything(azurite, container) 
     check_blob_is(container.get_blob_client("r.vhd"), image_bytes(KINDS["dynamic"]))
 
 
-def test_no_md5(azurite, container) -> None:
-    result = upload(KINDS["fixed"], location(azurite, container, "n.vhd"), UploadOptions(md5=False))
-    props = container.get_blob_client("n.vhd").get_blob_properties()
-    assert result.content_md5 is None and props.content_settings.content_md5 is None
-    assert "vhdtool_md5" not in props.metadata and props.metadata["vhdtool_state"] == "complete"
-    assert blob_content(container.get_blob_client("n.vhd")) == image_bytes(KINDS["fixed"])
+def test_whole_blob_md5_is_opt_in(azurite, container, cli) -> None:
+    """Without --md5 no Content-MD5 (hashing every zero of the disk); with it, the exact one."""
+    args = ["--container", container.container_name, "--name", "n.vhd"]
+    done = cli("upload", str(KINDS["fixed"]), *args, env=conn_env(azurite))
+    assert done.code == 0 and "md5:" not in done.out, done.err
+    blob = container.get_blob_client("n.vhd")
+    check_blob_is(blob, image_bytes(KINDS["fixed"]), md5=False)
+    assert f"digest:   {sparse_sha256(image_bytes(KINDS['fixed']))}" in done.out
+    done = cli("upload", str(KINDS["dynamic"]), *args, "--md5", "--overwrite", env=conn_env(azurite))
+    assert done.code == 0, done.err
+    check_blob_is(blob, image_bytes(KINDS["dynamic"]), md5=True)
 
 
 @pytest.mark.parametrize("offset, symptom", [
@@ -436,3 +459,414 @@ def test_sender_holds_a_bounded_amount_of_data(workers, piece, held) -> None:
     answer.set()
     producer.join(10)
     assert len(accepted) == held + 5
+
+
+# --- managed disks: an existing blob, a write-only SAS, a local journal -------------------------
+
+
+def managed_disk(azurite, container, name: str, size: int, proxy: FaultProxy) -> str:
+    """Pre-create the page blob (as `az disk create --for-upload` does) and return its URL
+    through `proxy` with a write-only SAS (sp=w): any read or Get Page Ranges is refused."""
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+    container.get_blob_client(name).create_page_blob(size)
+    sas = generate_blob_sas(azurite.account_name, container.container_name, name, account_key=azurite.account_key,
+                            permission=BlobSasPermissions(write=True),
+                            expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    return f"{proxy.endpoint(azurite.account_name)}/{container.container_name}/{name}?{sas}"
+
+
+class Recorder:
+    """Every request the proxy sees (as `Faults.only`: the Put Pages are eligible for its faults
+    and delay when `puts_eligible`)."""
+
+    def __init__(self, puts_eligible: bool = False) -> None:
+        self.requests: list[Request] = []
+        self.puts_eligible = puts_eligible
+
+    def __call__(self, request: Request) -> bool:
+        self.requests.append(request)
+        return self.puts_eligible and request.is_put_page
+
+    def puts(self) -> list[Request]:
+        return [r for r in self.requests if r.is_put_page]
+
+    def others(self) -> list[str]:
+        """Requests other than page writes and Clear Pages (create, metadata, lease, reads),
+        but for the one Get Blob Properties that finds a SAS unable to read."""
+        found = [f"{r.method} {r.target.split('?')[0]}" for r in self.requests
+                 if not (r.method == "PUT" and "comp=page" in r.target)]
+        return found[1:] if found and found[0].startswith("HEAD ") else found
+
+
+def p_start(put: Request) -> int:
+    return int(put.headers["x-ms-range"].removeprefix("bytes=").split("-")[0])
+
+
+def signature(url: str) -> str:
+    return re.search(r"sig=([^&]+)", url).group(1)
+
+
+@pytest.fixture
+def state_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
+
+
+@pytest.mark.parametrize("kind", ["fixed", "dynamic"])
+def test_managed_disk_with_a_write_only_sas(kind, azurite, container, cli, state_home) -> None:
+    """Only Put Page requests (each with its body's Content-MD5), only the non-zero pages, the
+    footer last; the disk downloads identical; the journal is gone once complete."""
+    src = KINDS[kind]
+    expected = image_bytes(src)
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "abcd", len(expected), proxy)
+        done = cli("upload", str(src), url)
+    assert done.code == 0, done.err
+    assert "managed disk" in done.out and signature(url) not in done.out + done.err
+    assert recorder.others() == []
+    puts = recorder.puts()
+    assert sum(p.body_length for p in puts) == sum(e - s for s, e in page_runs(expected)) == sent_bytes(done.out)
+    for put in puts:
+        assert base64.b64decode(put.headers["content-md5"]) == hashlib.md5(put.body).digest()
+    assert puts[-1].headers["x-ms-range"] == f"bytes={len(expected) - 512}-{len(expected) - 1}"
+    blob = container.get_blob_client("abcd")
+    assert blob_content(blob) == expected and blob_ranges(blob) == page_runs(expected)
+    assert not blob.get_blob_properties().metadata  # nothing but pages was written
+    assert list((state_home / "vhdtool").iterdir()) == []
+
+
+def test_managed_disk_option_reads_nothing(azurite, container, state_home) -> None:
+    """--managed-disk with an account key that could read: still page writes only."""
+    expected = image_bytes(KINDS["dynamic"])
+    container.get_blob_client("m").create_page_blob(len(expected))
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        result = upload(KINDS["dynamic"], via_proxy(azurite, proxy, container, "m"),
+                        UploadOptions(managed_disk=True, workers=4))
+    assert result.managed_disk and recorder.others() == []
+    assert blob_content(container.get_blob_client("m")) == expected
+
+
+@pytest.mark.parametrize("delta", [-MiB, MiB, -512])
+def test_managed_disk_of_the_wrong_size_is_refused_before_anything_is_sent(delta, azurite, container, cli,
+                                                                          state_home) -> None:
+    expected = image_bytes(KINDS["fixed"])
+    recorder = Recorder()
+    with FaultProxy(azurite.port, Faults(only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "w", len(expected) + delta, proxy)
+        refused = cli("upload", str(KINDS["fixed"]), url)
+    assert refused.code == 2 and len(refused.err.strip().splitlines()) == 1
+    assert ("smaller" if delta < 0 else "larger") in refused.err
+    assert f"{len(expected):,} bytes" in refused.err and f"--upload-size-bytes {len(expected)}" in refused.err
+    assert f"{len(expected) - 512:,}" in refused.err and signature(url) not in refused.err
+    assert recorder.puts() == [] and recorder.others() == []
+    assert blob_ranges(container.get_blob_client("w")) == []
+
+
+def test_managed_disk_sigkill_then_resume_from_the_journal(azurite, container, tmp_path, state_home) -> None:
+    """A real process SIGKILLed mid-way; the re-run sends the pages its journal does not hold:
+    at most the unacknowledged ones plus one request per worker (counted at the proxy)."""
+    workers = 2
+    src = scattered_vhd(tmp_path / "k.vhd", 16 * MiB, pieces=40, seed=11)
+    expected = image_bytes(src)
+    nonzero = sum(e - s for s, e in page_runs(expected))
+    blob = container.get_blob_client("abcd")
+    recorder = Recorder(puts_eligible=True)
+    env = {**os.environ, "XDG_STATE_HOME": str(state_home)}
+    with FaultProxy(azurite.port, Faults(delay=0.05, only=recorder)) as proxy:
+        url = managed_disk(azurite, container, "abcd", len(expected), proxy)
+        args = [sys.executable, "-m", "vhdtool.cli", "upload", str(src), url, "--workers", str(workers)]
+        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(blob_ranges(blob)) < 8:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        proxy.wait_idle()
+        first = proxy.stats.put_page_bytes
+        assert child.returncode == -signal.SIGKILL
+        (journal,) = (state_home / "vhdtool").iterdir()
+        text = journal.read_text()
+        assert signature(url) not in text and "?" not in text
+        assert os.stat(journal).st_mode & 0o777 == 0o600
+        acknowledged = [tuple(map(int, line.split())) for line in text.splitlines()[1:]]
+        assert 0 < sum(n for _, n in acknowledged) <= first < nonzero
+        assert blob_content(blob)[-512:] == bytes(512)  # no footer yet
+        on_blob = blob_ranges(blob)
+
+        recorder.requests.clear()
+        rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr
+        again = proxy.stats.put_page_bytes - first
+    assert "resumed" in rerun.stdout and recorder.others() == []
+    assert again == sent_bytes(rerun.stdout) == nonzero - sum(n for _, n in acknowledged)
+    # sent again although already on the blob: the requests in flight when it was killed
+    twice = [p for p in recorder.puts() if any(s <= p_start(p) < e for s, e in on_blob)]
+    assert len(twice) <= workers
+    assert blob_content(blob) == expected
+    assert list((state_home / "vhdtool").iterdir()) == []
+
+
+def test_az_disk_create_line_names_the_upload_size() -> None:
+    from vhdtool.workflows.upload import az_disk_create, upload_size_bytes
+
+    size = upload_size_bytes(KINDS["dynamic"])
+    assert size == len(image_bytes(KINDS["dynamic"])) == 10 * MiB + 512
+    assert az_disk_create(size) == f"az disk create -g RG -n NAME --for-upload --upload-size-bytes {size}"
+    assert az_disk_create(size, "V2", "rg1", "disk1").endswith(f"-g rg1 -n disk1 --for-upload "
+                                                               f"--upload-size-bytes {size} --hyper-v-generation V2")
+
+
+def test_journal_is_keyed_by_the_source_and_never_follows_a_link(tmp_path, state_home) -> None:
+    from vhdtool.errors import VhdError
+    from vhdtool.workflows.journal import Journal
+
+    src = tmp_path / "s.vhd"
+    src.write_bytes(b"x")
+    url = "https://md-impexp-x.blob.core.windows.net/c/abcd"
+    journal = Journal.open(url, [os.stat(src)], 4096)
+    journal.record(0, 512)
+    journal.record(1024, 512)
+    with pytest.raises(VhdError, match="another upload"):  # locked while in use
+        Journal.open(url, [os.stat(src)], 4096)
+    journal.close()
+    again = Journal.open(url, [os.stat(src)], 4096)
+    assert again.acknowledged == [(0, 512), (1024, 1536)]
+    os.write(again.fd, b"2048 51")  # torn last line (a power cut): ignored
+    again.close()
+    assert Journal.open(url, [os.stat(src)], 4096).acknowledged == [(0, 512), (1024, 1536)]
+    os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns))  # ctime moves: another source
+    fresh = Journal.open(url, [os.stat(src)], 4096)
+    assert fresh.acknowledged == []
+    fresh.close()
+    fresh.path.unlink()
+    target = tmp_path / "elsewhere"
+    fresh.path.symlink_to(target)
+    with pytest.raises(VhdError, match="symbolic link"):
+        Journal.open(url, [os.stat(src)], 4096)
+    assert not target.exists()
+
+
+# --- integrity ---------------------------------------------------------------------------------
+
+
+def test_corrupted_put_page_is_refused_by_the_service_and_sent_again(azurite, container, tmp_path) -> None:
+    """The proxy flips a byte in some Put Page bodies: Azurite refuses them by their Content-MD5
+    (none of them is acknowledged: the proxy counts only 201s), each is sent again, the blob is exact."""
+    src = scattered_vhd(tmp_path / "c.vhd", 16 * MiB, pieces=24, seed=12)
+    expected = image_bytes(src)
+    corrupt = Faults(rate=0.4, kinds=("corrupt",), max_faults=1, only=lambda r: r.is_put_page, seed=4)
+    with FaultProxy(azurite.port, corrupt) as proxy:
+        result = upload(src, via_proxy(azurite, proxy, container, "c.vhd"), UploadOptions(workers=4, retry=FAST_RETRY))
+    assert proxy.stats.faults["corrupt"] >= 3 and result.retries == proxy.stats.faults["corrupt"]
+    assert proxy.stats.put_page_bytes == result.sent_bytes == sum(e - s for s, e in page_runs(expected))
+    check_blob_is(container.get_blob_client("c.vhd"), expected)
+
+
+def test_corrupted_read_is_noticed_by_the_range_md5_and_read_again(azurite, container, tmp_path) -> None:
+    """Ranged GET answers with a flipped byte: noticed by each range's MD5 (the blob has no
+    Content-MD5 and no sparse digest here to catch it at the end), read again, file exact."""
+    from vhdtool.workflows.download import DownloadOptions, download
+
+    src = scattered_vhd(tmp_path / "r.vhd", 16 * MiB, pieces=24, seed=13)
+    expected = image_bytes(src)
+    upload(src, location(azurite, container, "r.vhd"))
+    container.get_blob_client("r.vhd").set_blob_metadata({})
+    reads = Faults(rate=0.4, kinds=("corrupt",), max_faults=1, seed=5,
+                   only=lambda r: r.method == "GET" and "x-ms-range" in r.headers and "comp=" not in r.target)
+    with FaultProxy(azurite.port, reads) as proxy:
+        done = download(via_proxy(azurite, proxy, container, "r.vhd"), tmp_path / "back.vhd",
+                        DownloadOptions(workers=2, retry=FAST_RETRY))
+    assert proxy.stats.faults["corrupt"] >= 2 and done.retries == proxy.stats.faults["corrupt"]
+    assert not done.md5_checked and not done.digest_checked
+    assert (tmp_path / "back.vhd").read_bytes() == expected
+
+
+def test_download_checks_the_sparse_digest(azurite, container, tmp_path, cli) -> None:
+    """A page changed behind the recorded digest's back is noticed; nothing is kept."""
+    upload(KINDS["dynamic"], location(azurite, container, "s.vhd"))
+    blob = container.get_blob_client("s.vhd")
+    blob.upload_page(b"\x01" * 512, offset=5 * MiB, length=512)
+    args = ["download", "--container", container.container_name, "--name", "s.vhd", str(tmp_path / "s.vhd")]
+    refused = cli(*args, env=conn_env(azurite))
+    assert refused.code == 2 and "sparse digest" in refused.err and not (tmp_path / "s.vhd").exists()
+
+
+def test_no_check_md5_skips_the_whole_blob_hash(azurite, container, tmp_path, cli) -> None:
+    upload(KINDS["fixed"], location(azurite, container, "m.vhd"), UploadOptions(md5=True))
+    container.get_blob_client("m.vhd").set_http_headers(ContentSettings(content_md5=bytearray(16)))
+    args = ["download", "--container", container.container_name, "--name", "m.vhd"]
+    assert cli(*args, str(tmp_path / "a.vhd"), env=conn_env(azurite)).code == 2  # the wrong MD5 is seen
+    done = cli(*args, str(tmp_path / "b.vhd"), "--no-check-md5", env=conn_env(azurite))
+    assert done.code == 0 and "Content-MD5 not checked, sparse digest checked" in done.out, done.err
+    assert (tmp_path / "b.vhd").read_bytes() == image_bytes(KINDS["fixed"])
+
+
+# --- a source changing under the upload (#13) -------------------------------------------------
+
+
+def test_writer_that_restores_the_mtime_is_still_detected(azurite, container, tmp_path, state_home) -> None:
+    """Data written during the upload, the mtime set back: the ctime gives it away; no footer."""
+    src = scattered_vhd(tmp_path / "m.vhd", 8 * MiB, pieces=12, seed=14)
+    before = os.stat(src)
+    failures: list[BaseException] = []
+    blob = container.get_blob_client("m")
+    blob.create_page_blob(before.st_size)
+
+    def run() -> None:
+        try:
+            upload(src, via_proxy(azurite, proxy, container, "m"), UploadOptions(workers=1, managed_disk=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            failures.append(exc)
+
+    with FaultProxy(azurite.port, Faults(delay=0.05, only=lambda r: r.is_put_page)) as proxy:
+        worker = threading.Thread(target=run)
+        worker.start()
+        while not blob_ranges(blob):
+            time.sleep(0.01)
+        with open(src, "r+b") as f:
+            f.seek(7 * MiB)
+            f.write(b"\xee" * 4096)
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(src).st_mtime_ns == before.st_mtime_ns and os.stat(src).st_size == before.st_size
+        worker.join(30)
+    assert len(failures) == 1 and "changed while it was being uploaded" in str(failures[0])
+    assert blob_content(blob)[-512:] == bytes(512)  # not a VHD: no footer
+
+
+# --- --dry-run and --cap-mbps ------------------------------------------------------------------
+
+
+def test_dry_run_counts_and_contacts_nothing(tmp_path, cli) -> None:
+    src = scattered_vhd(tmp_path / "d.vhd", 16 * MiB, pieces=30, seed=15)
+    expected = image_bytes(src)
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nobody listens there: any request would fail
+    done = cli("upload", str(src), f"http://127.0.0.1:{port}/devstoreaccount1/cont/d.vhd?sv=1&sig=SECRET", "--dry-run")
+    assert done.code == 0, done.err
+    nonzero = sum(e - s for s, e in page_runs(expected))
+    assert f"would send: {nonzero:,} bytes" in done.out and f"({len(expected):,} byte page blob)" in done.out
+    pieces = sum(-(-(e - s) // (4 * MiB)) for s, e in page_runs(expected[:-512])) + 1
+    assert f"in {pieces:,} Put Page requests" in done.out and "SECRET" not in done.out
+
+
+def test_cap_mbps_holds_the_rate(azurite, container, tmp_path) -> None:
+    src = scattered_vhd(tmp_path / "b.vhd", 32 * MiB, pieces=40, seed=16)  # 2.5 MiB of data
+    capped = upload(src, location(azurite, container, "capped.vhd"), UploadOptions(workers=4, cap_mbps=8))
+    fast = upload(src, location(azurite, container, "fast.vhd"), UploadOptions(workers=4))
+    rate = 8e6 / 8
+    assert fast.seconds < 0.5 * capped.sent_bytes / rate
+    assert capped.seconds >= (capped.sent_bytes - 128 * 1024) / rate
+    assert blob_content(container.get_blob_client("capped.vhd")) == image_bytes(src)
+
+
+# --- --since OLD: only what changed ------------------------------------------------------------
+
+
+def test_since_sends_only_what_changed(azurite, container, tmp_path, cli) -> None:
+    """NEW is OLD rebuilt: ~1% of its data rewritten, some pieces zeroed, one added. Only the
+    changed non-zero pages are sent (counted at the proxy), the zeroed ones cleared; the blob is
+    NEW exactly, with NEW's digest and identity, and a re-upload of NEW sends nothing."""
+    old = scattered_vhd(tmp_path / "old.vhd", 64 * MiB, pieces=200, seed=18)
+    new = tmp_path / "new.vhd"
+    new.write_bytes(old.read_bytes())
+    rng = random.Random(19)
+    old_bytes = image_bytes(old)
+    runs = page_runs(old_bytes[:-512])
+    with open(new, "r+b") as f:
+        for start, end in rng.sample(runs, 4):  # rewritten pieces: 2 KiB each
+            f.seek(start + 4096)
+            f.write(rng.randbytes(2048))
+        for start, end in rng.sample(runs, 3):  # pieces that became zero
+            f.seek(start)
+            f.write(bytes(end - start))
+        f.seek(60 * MiB)
+        f.write(rng.randbytes(4096))
+    expected = image_bytes(new)
+    upload(old, location(azurite, container, "s.vhd"))
+    changed = sum(1 for i in range(0, len(expected) - 512, 512)
+                  if expected[i:i + 512] != old_bytes[i:i + 512] and any(expected[i:i + 512]))
+    became_zero = [(s, e) for s, e in page_runs(old_bytes) if not any(expected[s:e])]
+    with FaultProxy(azurite.port) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        done = cli("upload", str(new), "--container", container.container_name, "--name", "s.vhd",
+                   "--since", str(old), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+        assert done.code == 0, done.err
+        assert proxy.stats.put_page_bytes == sent_bytes(done.out) <= 1.05 * changed * 512 + 512
+    assert changed * 512 >= 4 * 2048 + 4096 and f"cleared:  {len(became_zero)} " in done.out
+    check_blob_is(container.get_blob_client("s.vhd"), expected)
+    again = upload(new, location(azurite, container, "s.vhd"))
+    assert again.already_complete and again.sent_bytes == 0
+
+
+def test_since_refuses_a_blob_that_does_not_hold_old(azurite, container, tmp_path, cli) -> None:
+    upload(KINDS["fixed"], location(azurite, container, "o.vhd"))
+    blob = container.get_blob_client("o.vhd")
+    before = blob_content(blob)
+    with FaultProxy(azurite.port) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        refused = cli("upload", str(KINDS["fixed"]), "--container", container.container_name, "--name", "o.vhd",
+                      "--since", str(KINDS["dynamic"]), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+        assert proxy.stats.put_page_bytes == 0
+    assert refused.code == 2 and "does not hold" in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert blob_content(blob) == before and blob.get_blob_properties().metadata["vhdtool_state"] == "complete"
+
+
+# --- --base PARENT_URL: a differencing child onto its parent's blob -------------------------------
+
+
+def test_base_sends_only_the_childs_own_sectors(azurite, container, cli, tmp_path) -> None:
+    """The parent uploaded first; the child with --base: the parent's blob copied server-side,
+    then only the child's own sectors (counted at the proxy) and Clear Pages where it wrote
+    zeros; the blob is the child's fixed form exactly."""
+    child = FIXTURES / "chain-child1.vhd"
+    upload(FIXTURES / "chain-base.vhd", location(azurite, container, "base.vhd"))
+    expected = image_bytes(child)
+    with open_disk(child) as disk:
+        own = list(merge(disk.own_allocated()))
+    own_data = sum(1 for s, e in own for i in range(s, e, 512) if any(expected[i:i + 512]))
+    with FaultProxy(azurite.port) as proxy:
+        conn = azurite.connection_string.replace(azurite.blob_endpoint, proxy.endpoint(azurite.account_name))
+        base_url = f"{proxy.endpoint(azurite.account_name)}/{container.container_name}/base.vhd"  # no SAS: the key
+        done = cli("upload", str(child), "--container", container.container_name, "--name", "c.vhd",
+                   "--base", base_url, env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+        assert done.code == 0, done.err
+        assert proxy.stats.put_page_bytes == sent_bytes(done.out) <= 1.01 * own_data * 512 + 512
+    blob = container.get_blob_client("c.vhd")
+    assert blob_content(blob) == expected
+    assert blob.get_blob_properties().metadata["vhdtool_state"] == "complete"
+
+
+def test_base_refuses_a_blob_that_is_not_the_parent(azurite, container, cli) -> None:
+    upload(KINDS["fixed"], location(azurite, container, "other.vhd"))
+    done = cli("upload", str(FIXTURES / "chain-child1.vhd"), "--container", container.container_name,
+               "--name", "c.vhd", "--base", location(azurite, container, "other.vhd").url, env=conn_env(azurite))
+    assert done.code == 2 and "not this child's parent" in done.err
+    assert not container.get_blob_client("c.vhd").exists()
+
+
+def test_a_bad_signature_is_not_taken_for_a_managed_disk(azurite, container, cli, state_home) -> None:
+    """A refused credential (AuthenticationFailed) ends the upload; only a SAS lacking the read
+    permission (AuthorizationPermissionMismatch) means a write-only managed disk."""
+    expected = image_bytes(KINDS["fixed"])
+    with FaultProxy(azurite.port) as proxy:
+        url = managed_disk(azurite, container, "bad", len(expected), proxy)
+        forged = re.sub(r"sig=[^&]+", "sig=AAAA", url)
+        refused = cli("upload", str(KINDS["fixed"]), forged)
+        assert proxy.stats.methods["PUT"] == 0
+    assert refused.code == 2 and "reading the blob properties failed: 403" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "AAAA" not in refused.err
+
+
+def test_verify_compares_the_recorded_sparse_digest(azurite, container, cli) -> None:
+    env = conn_env(azurite)
+    args = ["upload", str(KINDS["dynamic"]), "--container", container.container_name, "--name", "g.vhd", "--verify"]
+    assert cli(*args, env=env).code == 0
+    blob = container.get_blob_client("g.vhd")
+    blob.set_blob_metadata(blob.get_blob_properties().metadata | {"vhdtool_sparse_sha256": "0" * 64})
+    caught = cli(*args, env=env)
+    assert caught.code == 2 and "recorded sparse digest" in caught.err, caught.err

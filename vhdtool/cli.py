@@ -380,13 +380,18 @@ def upload(
     workers: Annotated[int, typer.Option("--workers", help="Parallel Put Page requests.")] = 16,
     overwrite: Annotated[bool, typer.Option("--force", "--overwrite", help="Replace a blob that holds something else (never one leased by someone else).")] = False,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Start again from an empty blob even if it holds part of this upload.")] = False,
-    no_md5: Annotated[bool, typer.Option("--no-md5", help="Do not compute and set the blob's Content-MD5.")] = False,
+    md5: Annotated[bool, typer.Option("--md5/--no-md5", help="Compute and set the blob's Content-MD5 (hashes every zero of the disk; each Put Page carries its own MD5 either way).")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Afterwards, check the blob's page ranges and read its data back to compare MD5s.")] = False,
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
     align: AlignOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    managed_disk: Annotated[bool, typer.Option("--managed-disk", help="DEST is a managed disk created for upload (az disk create --for-upload): write pages only; progress kept in a local journal. Implied when the SAS cannot read the blob.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be sent (bytes, requests, blob size); contact nothing.")] = False,
+    cap_mbps: Annotated[Optional[float], typer.Option("--cap-mbps", help="Bandwidth cap in megabits per second.")] = None,
+    since: Annotated[Optional[Path], typer.Option("--since", help="DEST holds this older image (uploaded by vhdtool): send only the pages where SRC differs, clear those that became zero.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="SRC is a differencing image whose parent was uploaded to this blob URL: copy it to DEST server-side, then send only SRC's own sectors.")] = None,
 ) -> None:
     """Upload SRC to an Azure page blob as a fixed VHD, sending only its non-zero 512-byte pages.
 
@@ -396,27 +401,41 @@ def upload(
     the same command again to resume).
     """
     from vhdtool.azure.address import blob_from_args
+    from vhdtool.azure.location import BlobLocation
     from vhdtool.units import format_size, plural
     from vhdtool.workflows.upload import UploadOptions
     from vhdtool.workflows.upload import upload as do_upload
 
     location = blob_from_args(dest, container, name, connection_string, access(auth, allow_http))
-    options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=not no_md5,
-                            verify=verify, align=align, log=note)
+    options = UploadOptions(workers=workers, overwrite=overwrite, resume=not no_resume, md5=md5,
+                            verify=verify, align=align, managed_disk=managed_disk, dry_run=dry_run,
+                            cap_mbps=cap_mbps, since=since, log=note,
+                            base=BlobLocation.from_url(base, access(auth, allow_http)) if base is not None else None)
     with resumable("upload"):
         done = do_upload(src, location, options)
     if as_json:
-        return emit_json(result_dict(done))
+        return emit_json(result_dict(done, dry_run=dry_run))
+    if dry_run:
+        typer.echo(f"would upload {src} -> {location} ({done.blob_size:,} byte page blob)")
+        typer.echo(f"  would send: {done.sent_bytes:,} bytes of page data in {plural(done.requests, 'Put Page request')}")
+        typer.echo(f"  skipped:    {plural(done.zero_pages, 'zero page')}")
+        return
     if done.already_complete and not done.sent_bytes:
         typer.echo(f"{location} already holds this upload of {src}: nothing sent")
     else:
-        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} page blob"
+        kind = "managed disk" if done.managed_disk else "page blob"
+        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} {kind}"
                    f"{', resumed' if done.resumed else ''})")
-        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of pages (footer included) in {plural(done.requests, 'Put Page request')}")
-        typer.echo(f"  skipped:  {plural(done.zero_pages, 'zero page')}; {done.present_bytes:,} bytes already on the blob")
+        typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {plural(done.requests, 'Put Page request')}")
+        if since is not None or base is not None:
+            typer.echo(f"  cleared:  {plural(done.cleared, 'Clear Pages request')} (pages that became zero)")
+        else:
+            typer.echo(f"  skipped:  {plural(done.zero_pages, 'zero page')}; {done.present_bytes:,} bytes already on the blob")
     typer.echo(f"  retries:  {done.retries}")
     if done.content_md5:
         typer.echo(f"  md5:      {done.content_md5}")
+    if done.sparse_digest:
+        typer.echo(f"  digest:   {done.sparse_digest} (sparse SHA-256)")
     if done.verified:
         typer.echo("  verified: page ranges and MD5 match")
     typer.echo(f"  time:     {done.seconds:.2f} s")
@@ -432,6 +451,7 @@ def download(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Local file to write, when the blob is given by --container/--name.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel ranged reads.")] = 4,
     force: ForceOpt = False,
+    no_check_md5: Annotated[bool, typer.Option("--no-check-md5", help="Skip the whole-blob Content-MD5 check (it hashes every zero of the disk); each range and the sparse digest are still checked.")] = False,
     auth: AuthOpt = "auto",
     allow_http: AllowHttpOpt = False,
     quiet: QuietOpt = False,
@@ -457,10 +477,14 @@ def download(
     if workers < 1:
         raise VhdError("--workers must be at least 1")
     with resumable("download"):
-        done = do_download(location, target, DownloadOptions(workers=workers, force=force, log=note))
+        done = do_download(location, target, DownloadOptions(workers=workers, force=force, check_md5=not no_check_md5,
+                                                             log=note))
     if as_json:
         return emit_json(result_dict(done))
-    checked = "Content-MD5 checked" if done.md5_checked else "no Content-MD5 on the blob"
+    checked = ("Content-MD5 checked" if done.md5_checked else
+               "Content-MD5 not checked" if no_check_md5 else "no Content-MD5 on the blob")
+    if done.digest_checked:
+        checked += ", sparse digest checked"
     typer.echo(f"downloaded {location} -> {done.path}: {format_size(done.size)}, "
                f"{format_size(done.fetched_bytes)} fetched, {format_size(done.written_bytes)} of data written, "
                f"{checked}, {plural(done.retries, 'retry', 'retries')}, {done.seconds:.2f} s")

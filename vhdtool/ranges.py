@@ -87,6 +87,23 @@ def intersect(a: Iterable[Range], b: Iterable[Range]) -> Iterator[Range]:
             rb = next(ib, None)
 
 
+def subtract(a: Iterable[Range], b: Iterable[Range]) -> Iterator[Range]:
+    """The parts of sorted, disjoint `a` outside sorted, disjoint `b`."""
+    rest = list(b)
+    i = 0
+    for start, end in a:
+        while i < len(rest) and rest[i][1] <= start:
+            i += 1
+        j = i
+        while j < len(rest) and rest[j][0] < end:
+            if rest[j][0] > start:
+                yield start, rest[j][0]
+            start = max(start, rest[j][1])
+            j += 1
+        if start < end:
+            yield start, end
+
+
 def clip(ranges: Iterable[Range], start: int, end: int) -> Iterator[Range]:
     for s, e in ranges:
         s, e = max(s, start), min(e, end)

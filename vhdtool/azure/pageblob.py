@@ -8,18 +8,22 @@ anything the service refused (authentication, conflicts, a missing container...)
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from vhdtool import ranges
 from vhdtool.azure.location import BlobLocation, blob_client
 from vhdtool.azure.retry import (
+    ChecksumMismatch,
     Retrier,
     RetryPolicy,
     TransferError,
     describe,
+    error_code,
     is_transient,
+    status_of,
 )
 from vhdtool.engine.pipeline import PAGE, PUT_PAGE_MAX
 from vhdtool.errors import VhdError
@@ -29,6 +33,16 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobClient, BlobProperties
 
 T = TypeVar("T")
+
+
+class Forbidden(VhdError):
+    """The service refused this call (403): `code` says why (a SAS without the permission for
+    it, such as a managed disk's upload SAS, which allows page writes only:
+    AuthorizationPermissionMismatch; a bad credential: AuthenticationFailed...)."""
+
+    def __init__(self, message: str, path: object | None, code: str | None):
+        super().__init__(message, path)
+        self.code = code
 
 # Get Page Ranges is asked per segment: on a large, fragmented blob one unbounded call can
 # time out on the service side (Azure's guidance is to bound the range).
@@ -70,6 +84,20 @@ def open_client(location: BlobLocation, *, connections: int, timeout: float) -> 
     return blob_client(location, transport=transport, retry_total=0)
 
 
+class Ranged(NamedTuple):
+    """A ranged GET under way: the blob's properties, the body, the range's MD5 if sent."""
+
+    props: BlobProperties
+    chunks: Iterator[bytes]
+    md5: bytes | None
+
+    def check(self, data: bytes | memoryview) -> None:
+        """Raise (a transient error: the read is retried) when the body read does not match
+        the MD5 the service sent for the range: it was corrupted on the way."""
+        if self.md5 and hashlib.md5(data).digest() != bytes(self.md5):
+            raise ChecksumMismatch(f"{len(data):,} bytes read do not match the range's Content-MD5")
+
+
 class PageBlob:
     """A page blob behind retried, redacted calls. Safe to share between threads."""
 
@@ -101,6 +129,8 @@ class PageBlob:
                     f"{doing} failed {self.retrier.policy.attempts} times ({describe(exc)})",
                     self.location,
                 ) from None
+            if isinstance(exc, AzureError) and status_of(exc) == 403:
+                raise Forbidden(f"{doing} failed: {describe(exc)}", self.location, error_code(exc)) from None
             if isinstance(exc, AzureError):
                 raise VhdError(f"{doing} failed: {describe(exc)}", self.location) from None
             raise
@@ -156,13 +186,41 @@ class PageBlob:
         return list(ranges.merge(found))
 
     def put(self, offset: int, data: bytes, lease: str | None) -> None:
-        """One Put Page request: 512-aligned, at most 4 MiB (Azure's limit, which Azurite does not enforce)."""
+        """One Put Page request: 512-aligned, at most 4 MiB (Azure's limit, which Azurite does not enforce).
+
+        The body's MD5 goes with it (Content-MD5, a transactional checksum): the service refuses
+        a body corrupted on the way (400 Md5Mismatch) and the retrier sends it again.
+        """
         if offset % PAGE or len(data) % PAGE or not 0 < len(data) <= PUT_PAGE_MAX:
             raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
-        self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data), lease=lease)
+        md5 = hashlib.md5(data).digest()
+        self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data),
+                  lease=lease, transactional_content_md5=md5)
 
-    def _stream(self, offset: int, length: int, etag: str | None) -> tuple[BlobProperties, Iterator[bytes]]:
-        """Start one ranged GET; with `etag`, it fails (412) if the blob has changed since.
+    def clear(self, offset: int, length: int, lease: str | None) -> None:
+        """One Clear Pages request: the range reads as zeros again and holds no page."""
+        self.call(f"clearing pages at offset {offset:,}", self.client.clear_page, offset, length, lease=lease)
+
+    def clear_within(self, offset: int) -> bool:
+        """Clear Pages on the one page at `offset`: False when the blob ends before it (416).
+
+        Sizes a blob whose properties cannot be read (a managed disk's write-only SAS)."""
+        from azure.core.exceptions import HttpResponseError
+
+        def clear() -> bool:
+            try:
+                self.client.clear_page(offset, PAGE)
+            except HttpResponseError as exc:
+                if status_of(exc) == 416:
+                    return False
+                raise
+            return True
+
+        return self.call(f"clearing the page at offset {offset:,}", clear)
+
+    def _stream(self, offset: int, length: int, etag: str | None) -> Ranged:
+        """Start one ranged GET, asking for the range's MD5; with `etag`, it fails (412) if the
+        blob has changed since.
 
         Through the SDK's generated operation, not `download_blob`: for a page blob, the
         SDK's downloader follows every read with a Get Page Ranges of the whole blob, which
@@ -173,12 +231,13 @@ class PageBlob:
         from azure.storage.blob._generated.models import ModifiedAccessConditions
         from azure.storage.blob._shared.response_handlers import process_storage_error
 
-        def keep(response: object, chunks: Iterator[bytes], headers: dict) -> tuple[BlobProperties, Iterator[bytes]]:
-            return deserialize_blob_properties(response, chunks, headers), chunks
+        def keep(response: object, chunks: Iterator[bytes], headers: dict) -> Ranged:
+            return Ranged(deserialize_blob_properties(response, chunks, headers), chunks, headers.get("Content-MD5"))
 
         try:
             return self.client._client.blob.download(
                 range=f"bytes={offset}-{offset + length - 1}",
+                range_get_content_md5=length <= PUT_PAGE_MAX or None,  # the service's limit: 4 MiB
                 modified_access_conditions=ModifiedAccessConditions(if_match=etag) if etag else None,
                 cls=keep,
             )
@@ -193,12 +252,14 @@ class PageBlob:
 
         def get() -> tuple[bytes, BlobProperties | None]:
             try:
-                props, chunks = self._stream(offset, length, None)
+                ranged = self._stream(offset, length, None)
             except HttpResponseError as error:
                 if error.status_code == 416:
                     return b"", None
                 raise
-            return b"".join(chunks), props
+            data = b"".join(ranged.chunks)
+            ranged.check(data)
+            return data, ranged.props
 
         return self.call(f"reading {length:,} bytes at offset {offset:,}", get)
 
@@ -209,23 +270,41 @@ class PageBlob:
 
         def read() -> None:
             try:
-                _, chunks = self._stream(offset, len(buf), etag)
+                ranged = self._stream(offset, len(buf), etag)
             except ResourceModifiedError:  # 412: the ETag no longer matches
                 raise VhdError("the blob changed while it was being read: run the command again",
                                self.location) from None
             done = 0
-            for chunk in chunks:
+            for chunk in ranged.chunks:
                 buf[done : done + len(chunk)] = chunk
                 done += len(chunk)
             if done != len(buf):
                 raise ConnectionError(f"short read: {done:,} of {len(buf):,} bytes")
+            ranged.check(buf)
 
         self.call(f"reading {len(buf):,} bytes at offset {offset:,}", read)
 
-    def set_content_md5(self, md5: bytes, lease: str | None) -> None:
+    def copy_from(self, source: BlobLocation, poll: float = 0.2) -> None:
+        """Server-side copy of the blob at `source` (its SAS, if any, authorizes the read) onto
+        this one, waiting until the service has finished it."""
+        import time
+
+        url = f"{source.url}?{source.sas_token}" if source.sas_token else source.url
+        answer = self.call("starting the server-side copy", self.client.start_copy_from_url, url)
+        status = answer.get("copy_status")
+        while status == "pending":
+            time.sleep(poll)
+            props = self.properties()
+            status = props.copy.status if props is not None else "deleted"
+        if status != "success":
+            raise VhdError(f"the server-side copy ended {status}", self.location)
+
+    def set_content_md5(self, md5: bytes | None, lease: str | None) -> None:
+        """Set the blob's Content-MD5, or with None remove it."""
         from azure.storage.blob import ContentSettings
 
-        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray(md5))
+        settings = ContentSettings(content_type="application/octet-stream",
+                                   content_md5=bytearray(md5) if md5 is not None else None)
         self.call("setting Content-MD5", self.client.set_http_headers, settings, lease=lease)
 
     def set_metadata(self, metadata: dict[str, str], lease: str | None) -> None:

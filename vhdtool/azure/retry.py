@@ -22,6 +22,13 @@ T = TypeVar("T")
 
 EXIT_INTERRUPTED = 3  # the network or the service gave up on us: re-run to resume
 TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504})
+# A body the service found corrupted against its transactional checksum (400): the bytes we
+# hold are good, so sending them again is the cure (Azure and Azurite both use these codes).
+CHECKSUM_MISMATCH = frozenset({"Md5Mismatch", "Crc64Mismatch"})
+
+
+class ChecksumMismatch(ConnectionError):
+    """Data received whose checksum is not the one the service sent with it (corrupted in transit)."""
 
 
 class TransferError(VhdError):
@@ -35,7 +42,8 @@ def status_of(exc: BaseException) -> int | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Timeouts, refused or reset connections, truncated bodies, 5xx and 408: worth a retry."""
+    """Timeouts, refused or reset connections, truncated or corrupted bodies, 5xx and 408:
+    worth a retry."""
     from azure.core.exceptions import (
         HttpResponseError,
         IncompleteReadError,
@@ -45,7 +53,15 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, (ServiceRequestError, ServiceResponseError, IncompleteReadError, ConnectionError, TimeoutError)):
         return True
-    return isinstance(exc, HttpResponseError) and status_of(exc) in TRANSIENT_STATUS
+    if not isinstance(exc, HttpResponseError):
+        return False
+    return status_of(exc) in TRANSIENT_STATUS or error_code(exc) in CHECKSUM_MISMATCH
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The service's error code (the SDK gives an enum or a string, or none)."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code)) if code else None
 
 
 def describe(exc: BaseException) -> str:

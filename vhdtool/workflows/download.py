@@ -2,8 +2,10 @@
 
 The engine scans the blob as a source (its page ranges are what is allocated, reads are
 ranged GETs on N threads); zero pages inside ranges are not written either, so the file
-allocates only the data. The MD5 of the whole content is computed on the way (gaps hashed
-as zeros) and checked against the blob's Content-MD5 when it has one.
+allocates only the data. Each ranged GET is checked against the MD5 the service sends for
+the range (a corrupted read is retried). The blob's sparse digest, when `upload` recorded one,
+is checked at the cost of the data; the MD5 of the whole content (gaps hashed as zeros) is
+checked against the blob's Content-MD5 when it has one, unless --no-check-md5.
 
 Atomic and resumable: the data goes to ".NAME.vhdtool-partial" beside DEST and its progress
 to ".NAME.vhdtool-partial.json" (account, container and blob names, the blob's ETag and length, and
@@ -26,7 +28,7 @@ from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.remote import BlobInfo, BlobSource
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.engine.digest import ContentMd5, b64, feed
+from vhdtool.engine.digest import ContentMd5, b64
 from vhdtool.engine.pipeline import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.disk.image import open_disk
@@ -38,6 +40,8 @@ from vhdtool.engine.output import (
     sync_folder,
 )
 from vhdtool.engine.sink import SparseFile
+from vhdtool.workflows.sparse_digest import METADATA_KEY as SPARSE_KEY
+from vhdtool.workflows.sparse_digest import SparseDigest
 
 MAX_READERS = 8  # the engine holds 2n + 1 read buffers of 4 MiB: memory stays under ~150 MiB
 
@@ -47,6 +51,7 @@ class DownloadOptions:
     workers: int = 4  # parallel ranged GETs, at most MAX_READERS
     force: bool = False  # replace an existing DEST
     checkpoint: int = 64 * 1024 * 1024  # fsync and record progress every this many bytes
+    check_md5: bool = True  # hash the whole content (every zero too) against the Content-MD5
     timeout: float = 120.0
     retry: RetryPolicy = RetryPolicy()
     log: Callable[[str], None] = field(default=lambda message: None)
@@ -61,6 +66,7 @@ class DownloadResult:
     written_bytes: int = 0  # non-zero bytes written to the file by this run
     resumed_from: int = 0  # offset this run started from
     md5_checked: bool = False
+    digest_checked: bool = False  # the sparse digest upload recorded
     retries: int = 0
     seconds: float = 0.0
 
@@ -145,14 +151,21 @@ def blob_info(blob: PageBlob) -> BlobInfo:
     return info
 
 
-def rehash(md5: ContentMd5, path: Path, done: int) -> None:
-    """Feed the MD5 with what an earlier run already wrote (holes are zeros, not read)."""
+def rehash(md5: ContentMd5 | None, sparse: SparseDigest | None, path: Path, done: int) -> None:
+    """Feed the digests with what an earlier run already wrote (holes are zeros, not read)."""
     with open_disk(path, raw=True) as written:
-        feed(md5, Window(written, 0, done), "md5 of the part already downloaded")
+        source = Window(written, 0, done)
+        with progress_bar(source, "digest of the part already downloaded") as progress:
+            for chunk in scan(source, progress=progress):
+                if md5 is not None:
+                    md5.add(chunk.offset, chunk.view)
+                if sparse is not None:
+                    for offset, data in nonzero_data([chunk]):
+                        sparse.add(offset, data)
 
 
-def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, start: int,
-          md5: ContentMd5 | None, options: DownloadOptions, result: DownloadResult) -> None:
+def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, start: int, md5: ContentMd5 | None,
+          sparse: SparseDigest | None, options: DownloadOptions, result: DownloadResult) -> None:
     """Read the blob's page ranges from `start` on into `out`, checkpointing as it goes."""
     source = Window(BlobSource(blob, info.size, blob.page_ranges(info.size), info.etag), start, info.size)
     checkpoint = start
@@ -163,12 +176,22 @@ def fetch(blob: PageBlob, info: BlobInfo, out: SparseFile, partial: Partial, sta
             result.fetched_bytes += len(chunk.view)
             for offset, data in nonzero_data([chunk]):
                 out.put(offset, data)
+                if sparse is not None:
+                    sparse.add(offset, data)
             end = chunk.offset + len(chunk.view)
             if end - checkpoint >= options.checkpoint:
                 os.fsync(out.out.fd)
                 partial.record(end)
                 checkpoint = end
     result.written_bytes = out.written
+
+
+def check_sparse(digest: str, info: BlobInfo, partial: Partial, location: BlobLocation) -> None:
+    """Compare with the sparse digest upload recorded; a mismatch keeps nothing."""
+    if digest != info.metadata[SPARSE_KEY]:
+        partial.discard()
+        raise VhdError(f"downloaded content has sparse digest {digest} but the blob's metadata says "
+                       f"{info.metadata[SPARSE_KEY]}: nothing kept", location)
 
 
 def check_md5(digest: bytes, info: BlobInfo, partial: Partial, location: BlobLocation) -> None:
@@ -196,13 +219,17 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
         partial.record(start)
         out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
         # MD5 hashes every byte, holes too (0.8 GB/s): only worth it when there is one to match.
-        md5 = ContentMd5() if info.content_md5 is not None else None
-        if md5 is not None and start:
-            rehash(md5, partial.data, start)
-        fetch(blob, info, out, partial, start, md5, options, result)
+        md5 = ContentMd5() if info.content_md5 is not None and options.check_md5 else None
+        sparse = SparseDigest() if SPARSE_KEY in info.metadata else None
+        if start and (md5 is not None or sparse is not None):
+            rehash(md5, sparse, partial.data, start)
+        fetch(blob, info, out, partial, start, md5, sparse, options, result)
+        if sparse is not None:
+            check_sparse(sparse.hexdigest(info.size), info, partial, blob.location)
         if md5 is not None:
             check_md5(md5.digest(info.size), info, partial, blob.location)
         result.md5_checked = md5 is not None
+        result.digest_checked = sparse is not None
         os.fsync(fd)
         result.path = publish(out.out, options.force, numbered=False)
         sync_folder(result.path)
