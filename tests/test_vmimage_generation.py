@@ -118,6 +118,15 @@ def test_gpt_without_esp_warns_too(images, cli, tmp_path) -> None:
     assert "pass --hyper-v-generation V1 or V2" in done.err
 
 
+def test_partition_table_problems_are_warned_about(images, cli, tmp_path) -> None:
+    """fdisk -b 4096 wrote this GPT for 4096-byte sectors; Azure's disks have 512-byte ones."""
+    done = capture(cli, "k4", images["gpt-4k-sectors"], tmp_path / "store")
+    assert done.code == 0 and json.loads(done.out)["hyperVGeneration"] == "V2"
+    assert done.err == (f"vhdtool: warning: {images['gpt-4k-sectors']}: partition table problem: the GPT is laid out "
+                        "for 4096-byte sectors but the disk has 512-byte sectors: firmware reading it as it is finds "
+                        "no GPT\n")
+
+
 def test_os_type_against_the_partition_types_is_a_warning(images, cli, tmp_path) -> None:
     done = capture(cli, "img", images["gpt-esp-windows"], tmp_path / "store", "--os-type", "LINUX")
     assert done.code == 0

@@ -78,11 +78,11 @@ def boot(layout: Layout, os_type: str | None, generation: str | None, disk: obje
     elif hint is not None and hint != os_type:
         warnings.append(f"warning: {disk}: --os-type {os_type}, but the {layout.reasons[1]}; "
                         f"captured as {os_type}, as given")
-    if generation is not None:
-        why = contradiction(layout, generation)
-        if why:
-            raise VhdError(why, disk)
-    elif layout.generation is None:
+    if generation is not None and (why := contradiction(layout, generation)):
+        raise VhdError(why, disk)
+    if generation is None and layout.generation is None:  # the message names the table's problems
         warnings.append(f"warning: {disk}: {generation_findings(layout)[0].message}; recorded as unknown: "
                         "pass --hyper-v-generation V1 or V2 to record it")
+    else:  # e.g. a GPT for 4096-byte sectors: Azure's disks have 512-byte ones
+        warnings += [f"warning: {disk}: partition table problem: {problem}" for problem in layout.problems]
     return Boot(os_type, generation or layout.generation, tuple(warnings))
