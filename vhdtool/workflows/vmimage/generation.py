@@ -83,6 +83,7 @@ def boot(layout: Layout, os_type: str | None, generation: str | None, disk: obje
     if generation is None and layout.generation is None:  # the message names the table's problems
         warnings.append(f"warning: {disk}: {generation_findings(layout)[0].message}; recorded as unknown: "
                         "pass --hyper-v-generation V1 or V2 to record it")
-    else:  # e.g. a GPT for 4096-byte sectors: Azure's disks have 512-byte ones
+    else:  # e.g. a GPT for 4096-byte sectors: an Azure OS disk has 512-byte ones (4096: Ultra
+        # and Premium SSD v2 only, which cannot be OS disks; Azure docs, disks-enable-ultra-ssd)
         warnings += [f"warning: {disk}: partition table problem: {problem}" for problem in layout.problems]
     return Boot(os_type, generation or layout.generation, tuple(warnings))
