@@ -121,7 +121,8 @@ def test_capture_deploy_delete_orphans(cli, tmp_path) -> None:
 
     listed = cli("image", "list", "--store", str(store), "--json")
     assert json.loads(listed.out) == [{"name": "web", "label": "front end", "osType": "Linux",
-                                       "osState": "Generalized", "capturedAt": record["capturedAt"],
+                                       "osState": "Generalized", "hyperVGeneration": None,
+                                       "capturedAt": record["capturedAt"],
                                        "disks": 3, "sizeBytes": 3 * (10 * MiB + 512)}]
 
     deployed = cli("image", "deploy", "web", "--vm", "vm1", "--store", str(store), "--json")
@@ -416,11 +417,11 @@ def test_show_and_list_text(cli, tmp_path) -> None:
     assert cli(*capture_args("web", disks, store, "--label", "L")).code == 0
     record = shown(cli, store, "web")
     text = cli("image", "show", "web", "--store", str(store)).out.splitlines()
-    assert text[0] == f"image web \"L\": Linux, Generalized, captured {record['capturedAt']}"
+    assert text[0] == f"image web \"L\": Linux, Generalized, Hyper-V generation unknown, captured {record['capturedAt']}"
     assert any(line.split()[:2] == ["lun", "1"] and record["dataDisks"][1]["name"] in line for line in text)
     listing = cli("image", "list", "--store", str(store)).out.splitlines()
-    assert listing[0].split() == ["NAME", "OS", "STATE", "CAPTURED", "DISKS", "SIZE", "LABEL"]
-    assert listing[1].split()[:5] == ["web", "Linux", "Generalized", record["capturedAt"], "3"]
+    assert listing[0].split() == ["NAME", "OS", "STATE", "GEN", "CAPTURED", "DISKS", "SIZE", "LABEL"]
+    assert listing[1].split()[:6] == ["web", "Linux", "Generalized", "-", record["capturedAt"], "3"]
 
 
 def test_open_store_choices(tmp_path, monkeypatch) -> None:

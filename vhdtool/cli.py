@@ -560,8 +560,9 @@ def image_store(store: Optional[str], container: Optional[str], connection_strin
 def image_capture(
     name: Annotated[str, typer.Argument(help="Image name: letters, digits, '.', '_', '-'.")],
     os_disk: Annotated[str, typer.Option("--os-disk", help="The OS disk: a VHD file, or a page blob URL (Azure store).")],
-    os_type: Annotated[str, typer.Option("--os-type", help="windows or linux.")],
     os_state: Annotated[str, typer.Option("--os-state", help="generalized (sysprep / waagent -deprovision; the VM is stopped) or specialized (may be running: crash-consistent).")],
+    os_type: Annotated[Optional[str], typer.Option("--os-type", help="windows or linux. Default: what the OS disk's partition types say, when they say one OS (a value against them is warned about).", show_default=False)] = None,
+    hyper_v_generation: Annotated[Optional[str], typer.Option("--hyper-v-generation", help="V1 (BIOS) or V2 (UEFI), as az takes it. Default: what the OS disk's partition table says (unknown without one: recorded as null, with a warning); a value the disk cannot boot with is refused.", show_default=False)] = None,
     data_disk: Annotated[Optional[list[str]], typer.Option("--data-disk", help="LUN=SRC[,caching=ReadOnly|ReadWrite|None] (caching default None); repeat for each data disk.")] = None,
     os_caching: Annotated[str, typer.Option("--os-caching", help="Host caching of the OS disk: ReadOnly, ReadWrite or None.")] = "ReadWrite",
     label: Annotated[Optional[str], typer.Option("--label", help="A description kept with the image.")] = None,
@@ -579,7 +580,8 @@ def image_capture(
 
     Each disk must pass check --target azure. All are then copied into the store at once, as
     NAME-os-YYYY-MM-DD.vhd and NAME-datadisk-LUN-YYYY-MM-DD.vhd (UTC date, -NN added if the
-    name is taken), and the image record is written last. A generalized disk in use (leased
+    name is taken), and the image record is written last, with the Hyper-V generation and OS
+    type the OS disk's partition table gives unless told. A generalized disk in use (leased
     blob, file open for writing) is refused. On failure the copies are deleted; if the process
     is killed, the image never appears and the next capture (or image orphans --clean)
     deletes its copies.
@@ -592,6 +594,7 @@ def image_capture(
     request = CaptureRequest(
         name, DiskSpec(None, os_disk, choice(os_caching, CACHING, "--os-caching")),
         [parse_data_disk(text) for text in data_disk or []], os_type, os_state, label, source_vm, md5=md5,
+        hyper_v_generation=hyper_v_generation,
     )
     record = capture(image_store(store, container, connection_string, access(auth, allow_http)), request, log=note)
     emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
@@ -647,7 +650,8 @@ def image_deploy(
     """Deploy a VM from image NAME: fresh copies of its disks and a VM record.
 
     The copies are VM-os.vhd and VM-datadisk-LUN.vhd (never the image's own VHDs, never an
-    existing VHD); the record is shaped like Azure's storage profile (createOption FromImage).
+    existing VHD); the record is shaped like Azure's storage profile (createOption FromImage),
+    with the image's Hyper-V generation.
     """
     from vhdtool.workflows.vmimage.deploy import deploy
     from vhdtool.workflows.vmimage.render import vm_lines

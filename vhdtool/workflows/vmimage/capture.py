@@ -9,6 +9,9 @@ copy never replaces a VHD. The image record is written last, and exclusively: if
 be, or any copy fails, the copies are deleted again; if the process is killed, the next
 capture or `image orphans --clean` deletes them.
 
+Boot: the OS disk's partition table gives the Hyper-V generation and, unless --os-type is
+given, the OS type (see vmimage.generation).
+
 In use: a generalized image comes from a stopped VM, so a disk that is in use (a leased blob,
 a file open for writing by another process) is refused; a specialized one may be captured
 running, and is then only crash-consistent (a warning says so, and the record).
@@ -28,6 +31,7 @@ from vhdtool.errors import VhdError
 from vhdtool.workflows.store import IMAGE, Store
 from vhdtool.workflows.vmimage.copies import copy_all, keep_or_discard
 from vhdtool.workflows.vmimage.disks import DiskSpec, check_disk_set, check_sources, locate
+from vhdtool.workflows.vmimage.generation import GENERATIONS, boot, os_layout
 from vhdtool.workflows.vmimage.pending import journal, recover
 from vhdtool.workflows.vmimage.names import (
     DATA_DISK,
@@ -54,11 +58,12 @@ class CaptureRequest:
     name: str
     os_disk: DiskSpec
     data_disks: list[DiskSpec]
-    os_type: str  # windows or linux (any case)
+    os_type: str | None  # windows or linux (any case); None: from the partition types
     os_state: str  # generalized or specialized (any case)
     label: str | None = None
     vm_key: str | None = None  # microsoftazurecompute_capturedvmkey; default: the disk set's key
     md5: bool | None = None  # compute Content-MD5 where a copy has none; None: the store's default
+    hyper_v_generation: str | None = None  # V1 or V2 (any case); None: from the partition table
 
 
 def disk_set_key(sources: list[Path | BlobLocation]) -> str:
@@ -85,7 +90,9 @@ def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callabl
 def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Capture the disks as image `request.name` in `store`; returns the image record."""
     name = check_name(request.name, "image")
-    os_type = choice(request.os_type, OS_TYPES, "--os-type")
+    os_type = None if request.os_type is None else choice(request.os_type, OS_TYPES, "--os-type")
+    generation = (None if request.hyper_v_generation is None
+                  else choice(request.hyper_v_generation, GENERATIONS, "--hyper-v-generation"))
     os_state = choice(request.os_state, OS_STATES, "--os-state")
     disks = [request.os_disk, *sorted(request.data_disks, key=lambda d: d.lun)]
     check_disk_set(disks)
@@ -94,6 +101,10 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
                        f"{name})", store.describe())
     sources = [locate(d.source, store) for d in disks]
     in_use = check_usable(sources, os_state, log)
+    chosen = boot(os_layout(sources[0]), os_type, generation, sources[0])
+    os_type = chosen.os_type
+    for warning in chosen.warnings:
+        log(warning)
     recover(store, log)
     now = datetime.now(timezone.utc)
     vm_key = request.vm_key or disk_set_key(sources)
@@ -107,7 +118,8 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
         ])
         entries = [image_disk(d, s, meta, busy) for d, s, meta, busy in zip(disks, stored, metadata, in_use)]
         captured_at = now.isoformat(timespec="seconds").replace("+00:00", "Z")
-        record = image_record(store, name, request.label, os_type, os_state, captured_at, vm_key, entries)
+        record = image_record(store, name, request.label, os_type, os_state, chosen.generation, captured_at,
+                              vm_key, entries)
         extra = {"microsoftazurecompute_osstate": os_state, "microsoftazurecompute_ostype": os_type}
         keep_or_discard(store, stored, partial(store.create_record, IMAGE, name, record,
                                                record_metadata("vmimage", name, extra)))

@@ -29,6 +29,7 @@ def summary(record: dict[str, Any]) -> dict[str, Any]:
         "label": record.get("label"),
         "osType": record["osType"],
         "osState": record["osState"],
+        "hyperVGeneration": record["hyperVGeneration"],
         "capturedAt": record["capturedAt"],
         "disks": len(disks),
         "sizeBytes": sum(d["sizeBytes"] for d in disks),

@@ -2,14 +2,17 @@
 
 Image record (images/<name>.json):
     {"kind": "vmimage", "schemaVersion": 1, "name", "label", "osType", "osState",
-     "capturedAt" (UTC), "capturedVmKey", "store", "osDisk": DISK, "dataDisks": [DISK + "lun"]}
+     "hyperVGeneration" ("V1", "V2" or null: unknown; records written before it lack it and
+     read as null), "capturedAt" (UTC), "capturedVmKey", "store", "osDisk": DISK,
+     "dataDisks": [DISK + "lun"]}
     DISK = {"name" (in the store), "hostCaching", "sizeBytes", "contentMd5" (base64),
             "location" (URI, no credentials), "metadata" (the blob metadata Azure sets),
             "crashConsistent" (captured while in use), "copy": {"id", "source", "method",
             "status", "progress" ("copied/total"), "bytesCopied", "bytesTotal", "completionTime"}}
 VM record (vms/<name>.json): Azure's storage profile (osDisk, dataDisks with name, lun,
     caching, createOption FromImage, image.uri, vhd.uri, diskSizeGB) plus the image it came
-    from, whether it needs provisioning, and the copy trail of each disk.
+    from, its hyperVGeneration (the image's), whether it needs provisioning, and the copy
+    trail of each disk.
 Records refer to VHDs by name within the store (a VM's by the last segment of vhd.uri).
 """
 
@@ -31,6 +34,7 @@ FOOTER = 512
 # other tools, or hands, may write: a wrong type must be a one-line error, not a crash).
 IMAGE_FIELDS = {"name": str, "osType": str, "osState": str, "capturedAt": str, "capturedVmKey": str,
                 "store": str, "osDisk": dict, "dataDisks": list}
+OPTIONAL_IMAGE_FIELDS = {"hyperVGeneration": (str, type(None))}  # absent from older records
 DISK_FIELDS = {"name": str, "hostCaching": str, "sizeBytes": int, "contentMd5": (str, type(None)),
                "location": str, "copy": dict}
 COPY_FIELDS = {"method": str, "status": str, "progress": str, "source": str}
@@ -60,8 +64,8 @@ def image_disk(spec: DiskSpec, stored: StoredDisk, metadata: dict[str, str], in_
     }
 
 
-def image_record(store: Store, name: str, label: str | None, os_type: str, os_state: str, captured_at: str,
-                 vm_key: str, disks: list[dict[str, Any]]) -> dict[str, Any]:
+def image_record(store: Store, name: str, label: str | None, os_type: str, os_state: str, generation: str | None,
+                 captured_at: str, vm_key: str, disks: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kind": "vmimage",
         "schemaVersion": SCHEMA_VERSION,
@@ -69,6 +73,7 @@ def image_record(store: Store, name: str, label: str | None, os_type: str, os_st
         "label": label,
         "osType": os_type,
         "osState": os_state,
+        "hyperVGeneration": generation,
         "capturedAt": captured_at,
         "capturedVmKey": vm_key,
         "store": store.describe(),
@@ -112,6 +117,7 @@ def vm_record(store: Store, vm: str, image: dict[str, Any], created_at: str, sto
         "schemaVersion": SCHEMA_VERSION,
         "name": vm,
         "image": image["name"],
+        "hyperVGeneration": image["hyperVGeneration"],
         "createdAt": created_at,
         "store": store.describe(),
         "provisioningRequired": generalized,
@@ -148,10 +154,13 @@ def malformed(store: Store, kind: str, name: str, why: str = "not the expected s
     return VhdError(f"the {kind} record {name!r} is malformed ({why}): fix or remove it", store.describe())
 
 
-def wrong_field(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str) -> str | None:
-    """What is missing from `record` or of the wrong JSON type, or None."""
+def wrong_field(record: dict[str, Any], fields: dict[str, type | tuple[type, ...]], where: str,
+                optional: bool = False) -> str | None:
+    """What is missing from `record` (unless `optional`) or of the wrong JSON type, or None."""
     for key, kind in fields.items():
         if key not in record:
+            if optional:
+                continue
             return f"no {where}{key!r}"
         value = record[key]
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -173,7 +182,7 @@ def checked_image(store: Store, record: Any, name: str) -> dict[str, Any]:
     reach outside the store)."""
     if not isinstance(record, dict):
         raise malformed(store, "image", name)
-    why = wrong_field(record, IMAGE_FIELDS, "")
+    why = wrong_field(record, IMAGE_FIELDS, "") or wrong_field(record, OPTIONAL_IMAGE_FIELDS, "", optional=True)
     if why is None:
         problems = (disk_problem(d, data_disk=i > 0) for i, d in enumerate(image_disks(record)))
         why = next((p for p in problems if p), None)
@@ -187,6 +196,7 @@ def checked_image(store: Store, record: Any, name: str) -> dict[str, Any]:
             why = exc.detail
     if why:
         raise malformed(store, "image", name, why)
+    record.setdefault("hyperVGeneration", None)  # one shape for old records and new
     return record
 
 

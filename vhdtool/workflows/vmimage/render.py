@@ -13,10 +13,15 @@ def disk_role(disk: dict[str, Any]) -> str:
     return "os" if "lun" not in disk else f"lun {disk['lun']}"
 
 
+def generation(value: str | None) -> str:
+    return f"Hyper-V generation {value or 'unknown'}"
+
+
 def image_lines(record: dict[str, Any]) -> list[str]:
     label = f" \"{record['label']}\"" if record.get("label") else ""
     lines = [
-        f"image {record['name']}{label}: {record['osType']}, {record['osState']}, captured {record['capturedAt']}",
+        (f"image {record['name']}{label}: {record['osType']}, {record['osState']}, "
+         f"{generation(record['hyperVGeneration'])}, captured {record['capturedAt']}"),
         f"  store:   {record['store']}",
         f"  vm key:  {record['capturedVmKey']}",
     ]
@@ -32,16 +37,17 @@ def image_lines(record: dict[str, Any]) -> list[str]:
 def list_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["no images"]
-    table = [("NAME", "OS", "STATE", "CAPTURED", "DISKS", "SIZE", "LABEL")]
-    table += [(r["name"], r["osType"], r["osState"], r["capturedAt"], str(r["disks"]), format_size(r["sizeBytes"]),
-               r["label"] or "") for r in rows]
+    table = [("NAME", "OS", "STATE", "GEN", "CAPTURED", "DISKS", "SIZE", "LABEL")]
+    table += [(r["name"], r["osType"], r["osState"], r["hyperVGeneration"] or "-", r["capturedAt"], str(r["disks"]),
+               format_size(r["sizeBytes"]), r["label"] or "") for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in table]
 
 
 def vm_lines(record: dict[str, Any]) -> list[str]:
     profile = record["storageProfile"]
-    lines = [f"VM {record['name']} deployed from image {record['image']} in {record['store']}"]
+    lines = [(f"VM {record['name']} deployed from image {record['image']} in {record['store']}, "
+              f"{generation(record['hyperVGeneration'])}")]
     for disk in [profile["osDisk"], *profile["dataDisks"]]:
         where = "os" if "lun" not in disk else f"lun {disk['lun']}"
         lines.append(f"  {where:<7}  {disk['vhd']['uri']}  ({disk['createOption']}, caching {disk['caching']})")
