@@ -210,3 +210,17 @@ def test_blob_os_disk_in_an_azure_store(images, azurite, container, cli) -> None
     assert "--hyper-v-generation V1 contradicts the disk: GPT with an EFI system partition (1)" in refused.err
     assert {b.name for b in container.list_blobs()} == {record["osDisk"]["name"], "images/web.json"}
     assert record["osDisk"]["sizeBytes"] == 16 * MiB + 512
+
+
+def test_a_local_os_disk_is_parsed_once_for_check_and_table(images, cli, tmp_path, monkeypatch) -> None:
+    """The check and the partition table come from one open disk (vhdtool.disk.inspect)."""
+    import vhdtool.disk.image
+    import vhdtool.workflows.check.run
+
+    parsed = []
+    for module in (vhdtool.disk.image, vhdtool.workflows.check.run):
+        real = module.inspect_open
+        monkeypatch.setattr(module, "inspect_open", lambda path, *a, real=real: parsed.append(path) or real(path, *a))
+    done = capture(cli, "once", images["gpt-esp-linux"], tmp_path / "store")
+    assert done.code == 0 and json.loads(done.out)["hyperVGeneration"] == "V2"
+    assert parsed.count(images["gpt-esp-linux"]) == 1, parsed

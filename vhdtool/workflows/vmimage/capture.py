@@ -31,7 +31,7 @@ from vhdtool.errors import VhdError
 from vhdtool.workflows.store import IMAGE, Store
 from vhdtool.workflows.vmimage.copies import copy_all, keep_or_discard
 from vhdtool.workflows.vmimage.disks import DiskSpec, check_disk_set, check_sources, locate
-from vhdtool.workflows.vmimage.generation import GENERATIONS, boot, os_layout
+from vhdtool.workflows.vmimage.generation import GENERATIONS, blob_layout, boot
 from vhdtool.workflows.vmimage.pending import journal, recover
 from vhdtool.workflows.vmimage.names import (
     DATA_DISK,
@@ -50,6 +50,7 @@ from vhdtool.workflows.vmimage.records import (
 )
 
 if TYPE_CHECKING:
+    from vhdtool.disk.partitions import Layout
     from vhdtool.azure.location import BlobLocation
 
 
@@ -73,10 +74,13 @@ def disk_set_key(sources: list[Path | BlobLocation]) -> str:
     return f"diskset-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callable[[str], None]) -> list[bool]:
-    """Refuse what Azure would refuse; per disk, whether it is captured while in use."""
+def check_usable(sources: list[Path | BlobLocation], os_state: str,
+                 log: Callable[[str], None]) -> tuple[list[bool], Layout]:
+    """Refuse what Azure would refuse; per disk, whether it is captured while in use; the OS
+    disk's partition table."""
     in_use = []
-    for source, busy in zip(sources, check_sources(sources)):
+    reasons, table = check_sources(sources)
+    for source, busy in zip(sources, reasons):
         if busy and os_state == "Generalized":
             raise VhdError(f"is in use, {busy}: a generalized image is captured from a stopped VM; "
                            "shut the VM down first", source)
@@ -84,7 +88,7 @@ def check_usable(sources: list[Path | BlobLocation], os_state: str, log: Callabl
             log(f"warning: {source} is in use, {busy}: captured running, the copy is only "
                 "crash-consistent; shut the VM down for a consistent image")
         in_use.append(bool(busy))
-    return in_use
+    return in_use, table or blob_layout(sources[0])
 
 
 def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -100,8 +104,8 @@ def capture(store: Store, request: CaptureRequest, log: Callable[[str], None] = 
         raise VhdError(f"image {name!r} already exists in the store: delete it first (vhdtool image delete "
                        f"{name})", store.describe())
     sources = [locate(d.source, store) for d in disks]
-    in_use = check_usable(sources, os_state, log)
-    chosen = boot(os_layout(sources[0]), os_type, generation, sources[0])
+    in_use, table = check_usable(sources, os_state, log)
+    chosen = boot(table, os_type, generation, sources[0])
     os_type = chosen.os_type
     for warning in chosen.warnings:
         log(warning)

@@ -18,6 +18,7 @@ from vhdtool.workflows.vmimage.names import CACHING, DATA_CACHING_DEFAULT, MAX_L
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import BlobLocation
+    from vhdtool.disk.partitions import Layout
     from vhdtool.workflows.check import Report
     from vhdtool.workflows.store import Store
 
@@ -93,11 +94,27 @@ def refusal(report: Report, hint: str) -> VhdError:
     return DiskRefused(f"fails check --target azure: {first.message} [{first.code}]{more}; {hint}", report.path)
 
 
-def check_file(path: Path) -> None:
-    """`check --target azure` on a local disk; refused with the `prepare` command if it fails."""
-    from vhdtool.workflows.check import Severity, check_image
+def check_file(path: Path, os_disk: bool) -> Layout | None:
+    """`check --target azure` on a local disk, opened once: refused with the `prepare` command
+    if it fails; the OS disk's partition table, read from the same open disk."""
+    from vhdtool.disk.image import open_disk
+    from vhdtool.disk.partitions import read_layout
+    from vhdtool.workflows.check import check_image, disk_report
 
-    report = check_image(path, "azure")
+    try:
+        disk = open_disk(path)
+    except VhdError:  # missing, no VHD, or damaged: check says why (this one failure reads it again)
+        refuse_failed(path, check_image(path, "azure"))
+        raise
+    with disk:
+        refuse_failed(path, disk_report(disk, "azure"))
+        return read_layout(disk) if os_disk else None
+
+
+def refuse_failed(path: Path, report: Report) -> None:
+    """Refuse the file if `report` has errors, with the command that fixes it."""
+    from vhdtool.workflows.check import Severity
+
     errors = [f for f in report.findings if f.severity == Severity.ERROR]
     if errors:
         from vhdtool.workflows.check.target_rules import prepare_command
@@ -133,10 +150,18 @@ def check_blob(location: BlobLocation) -> str | None:
     return lease_reason(info.lease_state, info.lease_duration)
 
 
-def check_sources(sources: list[Path | BlobLocation]) -> list[str | None]:
-    """Refuse a disk Azure would not take; per disk, why it is in use, or None."""
+def check_sources(sources: list[Path | BlobLocation]) -> tuple[list[str | None], Layout | None]:
+    """Refuse a disk Azure would not take; per disk, why it is in use, or None; and the OS
+    disk's (the first) partition table when it is a file (read as it is checked)."""
     from vhdtool.workflows.store.writers import busy_reason, writers
 
-    leases = [check_file(s) if isinstance(s, Path) else check_blob(s) for s in sources]  # files: None
+    leases: list[str | None] = []
+    table = None
+    for n, source in enumerate(sources):
+        if isinstance(source, Path):
+            table = check_file(source, os_disk=n == 0) or table
+            leases.append(None)
+        else:
+            leases.append(check_blob(source))
     busy = writers(s for s in sources if isinstance(s, Path))  # one pass over /proc for all the files
-    return [busy_reason(busy.get(s)) if isinstance(s, Path) else lease for s, lease in zip(sources, leases)]
+    return [busy_reason(busy.get(s)) if isinstance(s, Path) else lease for s, lease in zip(sources, leases)], table

@@ -9,7 +9,6 @@ about: types are a hint (set by hand, and a disk may carry another system's part
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vhdtool.disk.partitions import (
@@ -49,13 +48,9 @@ class BlobDisk:
         return self.blob.get(offset, length)[0]
 
 
-def os_layout(source: Path | BlobLocation) -> Layout:
-    """The partition table of the OS disk (a file, or a blob), once it passed the check."""
-    if isinstance(source, Path):
-        from vhdtool.disk.image import open_disk
-
-        with open_disk(source) as disk:
-            return read_layout(disk)
+def blob_layout(source: BlobLocation) -> Layout:
+    """The partition table of an OS disk blob, once it passed the check (a file's is read as
+    it is checked: vmimage.disks)."""
     from vhdtool.azure.pageblob import PageBlob
 
     with PageBlob(source, connections=1, timeout=60.0) as blob:
