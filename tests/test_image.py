@@ -12,7 +12,8 @@ import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, qemu_raw, vhdi_info, vhdi_read
 from vhdtool.errors import FormatError
-from vhdtool.disk.image import open_disk, qemu_7_2_size
+from vhdtool.disk.image import open_disk
+from vhdtool.format.vhd.footer import qemu_7_2_size
 from vhdtool.ranges import merge
 
 VHDS = sorted(FIXTURES.glob("*.vhd"))

@@ -34,11 +34,7 @@ from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
 from vhdtool.errors import VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors
-from vhdtool.format.vhd.footer import (  # noqa: F401  MAX_VHD_SIZE, qemu_7_2_size: re-exported
-    MAX_VHD_SIZE,
-    DiskType,
-    qemu_7_2_size,
-)
+from vhdtool.format.vhd.footer import DiskType
 
 
 class Disk:

@@ -20,7 +20,7 @@ from vhdtool.workflows.bench.cases import OURS, Case, find_peers, image_cases
 from vhdtool.workflows.bench.images import PIECE, write_images
 from vhdtool.workflows.bench.measure import Samples, interleaved, ratio, rss_meter
 from vhdtool.errors import VhdError
-from vhdtool.disk.image import MAX_VHD_SIZE
+from vhdtool.format.vhd.footer import MAX_VHD_SIZE
 from vhdtool.units import format_size
 
 if TYPE_CHECKING:
