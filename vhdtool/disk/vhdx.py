@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 from uuid import UUID
 
 import numpy as np
@@ -20,6 +20,7 @@ from vhdtool.disk.image import Disk, open_readonly, preadinto, zero
 from vhdtool.disk.vhdx_errors import Finding, VhdxError
 from vhdtool.disk.vhdx_log import Overlay, replay
 from vhdtool.errors import FormatError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhdx import bat as batfmt
 from vhdtool.format.vhdx import metadata as meta
 from vhdtool.format.vhdx.bat import PayloadState
@@ -435,7 +436,7 @@ def _check_parameters(disk: VhdxDisk) -> None:
         raise disk.refuse(
             "vhdx.virtual-size", f"virtual disk size {vs} is not a multiple of {lss} up to 64 TiB"
         )
-    if lss != 512:
+    if lss != SECTOR:
         disk.note(
             "vhdx.logical-sector-4k",
             "warning",
