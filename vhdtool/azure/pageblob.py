@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 from vhdtool import ranges
+from vhdtool.azure.limits import PAGE, PUT_PAGE_MAX
 from vhdtool.azure.location import BlobLocation, blob_client
 from vhdtool.azure.retry import (
     Retrier,
@@ -21,8 +22,7 @@ from vhdtool.azure.retry import (
     describe,
     is_transient,
 )
-from vhdtool.engine.pipeline import PAGE, PUT_PAGE_MAX
-from vhdtool.errors import VhdError
+from vhdtool.errors import VhdError, WriterError
 from vhdtool.ranges import Range
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class PageBlob:
     def put(self, offset: int, data: bytes, lease: str | None) -> None:
         """One Put Page request: 512-aligned, at most 4 MiB (Azure's limit, which Azurite does not enforce)."""
         if offset % PAGE or len(data) % PAGE or not 0 < len(data) <= PUT_PAGE_MAX:
-            raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
+            raise WriterError(f"bad Put Page: {len(data)} bytes at {offset}")
         self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data), lease=lease)
 
     def _stream(self, offset: int, length: int, etag: str | None) -> tuple[BlobProperties, Iterator[bytes]]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from vhdtool import ranges
 from vhdtool.azure import lease as leases
+from vhdtool.azure.limits import PAGE, PUT_PAGE_MAX
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
 
 MiB = 1024 * 1024
-PAGE = 512
 STATE_KEY = "vhdtool_state"
 MD5_KEY = "vhdtool_md5"
 PARTIAL, COMPLETE = "partial", "complete"
@@ -266,7 +266,7 @@ def send(blob: PageBlob, lease_id: str | None, image: FixedImage, present: range
             for chunk in scan(body, progress=progress):
                 if md5 is not None:
                     md5.add(chunk.offset, chunk.view)
-                for offset, data in nonzero_data([chunk]):
+                for offset, data in nonzero_data([chunk], PUT_PAGE_MAX):
                     piece(offset, data, sender)
         if source_changed(image.disk):  # checked before the footer makes the blob a VHD
             raise VhdError("changed while it was being uploaded: run the upload again", image.path)
