@@ -65,6 +65,25 @@ class VhdxDisk(Disk):
 
     kind = "vhdx"
 
+    # Set by open_vhdx as it reads the file, in this order.
+    creator: str
+    headers: list[Container]
+    current_header: Container
+    regions: list[Container]
+    bat_region: Container
+    metadata_region: Container
+    metadata_items: dict[UUID, bytes]
+    block_size: int
+    leave_blocks_allocated: bool
+    has_parent: bool
+    logical_sector_size: int
+    physical_sector_size: int
+    page_83_data: UUID | None
+    parent_locator: tuple[UUID, dict[str, str]] | None
+    sectors_per_block: int
+    chunk_ratio: int
+    bat: np.ndarray
+
     def __init__(self, path: Path, fd: int, st: os.stat_result):
         super().__init__(path, fd, st)
         self.findings: list[Finding] = []
