@@ -123,7 +123,7 @@ class Reader:
             raise TableError(f"cannot read {length:,} bytes at offset {offset:,}: {exc.detail}") from None
 
 
-class TableError(Exception):
+class TableError(VhdError):
     """The table cannot be read on: the message says why (reported, never raised out)."""
 
 
