@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from faultproxy import FaultProxy
-from test_upload import KINDS, image_bytes, location
+from helpers import image_bytes, KINDS, location
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.remote import read_blob_ends
 from vhdtool.errors import VhdError

@@ -11,6 +11,7 @@ import pytest
 
 import make_fixtures
 from conftest import FIXTURES
+from helpers import page_runs
 from vhdtool.azure.limits import PUT_PAGE_MAX
 from vhdtool.engine import pipeline as engine
 from vhdtool.engine.pipeline import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
@@ -19,17 +20,6 @@ from vhdtool.disk.image import open_disk
 from vhdtool.ranges import align, cut, merge, total
 
 KiB, MiB = 1024, 1024 * 1024
-
-
-def page_runs(data: bytes, granularity: int = PAGE) -> list[tuple[int, int]]:
-    """Brute force: runs of pages holding a non-zero byte (the last page may be short)."""
-    zero = bytes(granularity)
-    pages = []
-    for start in range(0, len(data), granularity):
-        page = data[start : start + granularity]
-        if page != zero[: len(page)]:
-            pages.append((start, start + len(page)))
-    return list(merge(pages))
 
 
 def write_sparse_file(path, size: int, writes: list[tuple[int, bytes]]) -> bytes:

@@ -7,47 +7,26 @@ import base64
 import hashlib
 import json
 import os
-import random
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES
 from faultproxy import FaultProxy, Faults, Request
-from test_engine import page_runs
+from helpers import conn_env, found, image_bytes, KINDS, location, MiB, page_runs, scattered_vhd
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.workflows.create import create
 from vhdtool.format.vhd.footer import DiskType, parse_footer
 from vhdtool.disk.image import open_disk
 from vhdtool.ranges import merge
-from vhdtool.workflows.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, fixed_image, upload
+from vhdtool.workflows.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, upload
 
-MiB = 1024 * 1024
-KINDS = {
-    "fixed": FIXTURES / "windows-fixed-10m.vhd",
-    "dynamic": FIXTURES / "windows-dynamic-10m.vhd",
-    "differencing": FIXTURES / "chain-child2.vhd",
-}
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
-
-
-def conn_env(azurite) -> dict[str, str]:
-    return {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
-
-
-def image_bytes(path: Path, align: bool = False) -> bytes:
-    """The fixed VHD an upload of `path` must produce, byte for byte."""
-    with open_disk(path) as disk:
-        image = fixed_image(disk, align)
-        return image.read(0, image.virtual_size)
 
 
 def blob_ranges(blob) -> list[tuple[int, int]]:
@@ -59,23 +38,8 @@ def blob_content(blob) -> bytes:
     return blob.download_blob().readall()
 
 
-def location(azurite, container, name: str) -> BlobLocation:
-    return BlobLocation.from_connection_string(azurite.connection_string, container.container_name, name)
-
-
 def sent_bytes(out: str) -> int:
-    return int(re.search(r"sent:\s+([\d,]+) bytes", out).group(1).replace(",", ""))
-
-
-def scattered_vhd(path: Path, size: int, pieces: int, seed: int, piece: int = 64 * 1024) -> Path:
-    """A fixed VHD with `pieces` random 64 KiB pieces at random, unaligned offsets."""
-    create(path, size, DiskType.FIXED)
-    rng = random.Random(seed)
-    with open(path, "r+b") as f:
-        for slot in rng.sample(range(size // (2 * piece)), pieces):
-            f.seek(slot * 2 * piece + rng.randrange(piece))
-            f.write(rng.randbytes(piece))
-    return path
+    return int(found(r"sent:\s+([\d,]+) bytes", out).group(1).replace(",", ""))
 
 
 def check_blob_is(blob, expected: bytes) -> None:
@@ -281,7 +245,7 @@ def test_secrets_never_shown_or_stored(azurite, container, cli) -> None:
 
     url = f"{azurite.blob_endpoint}/{container.container_name}/s.vhd"
     token = sas(BlobSasPermissions(read=True, write=True, create=True))
-    signature = re.search(r"sig=([^&]+)", token).group(1)
+    signature = found(r"sig=([^&]+)", token).group(1)
     done = cli("upload", str(KINDS["fixed"]), f"{url}?{token}")
     assert done.code == 0, done.err
     read_only = sas(BlobSasPermissions(read=True))
@@ -292,7 +256,7 @@ def test_secrets_never_shown_or_stored(azurite, container, cli) -> None:
     assert keyed.code == 0
     shown = done.out + done.err + refused.out + refused.err + keyed.out + keyed.err
     metadata = json.dumps(container.get_blob_client("s.vhd").get_blob_properties().metadata)
-    for secret in (signature, re.search(r"sig=([^&]+)", read_only).group(1), azurite.account_key):
+    for secret in (signature, found(r"sig=([^&]+)", read_only).group(1), azurite.account_key):
         for text in (shown, metadata):
             assert secret not in text and secret.replace("%2B", "+").replace("%2F", "/") not in text
 
