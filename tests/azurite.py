@@ -127,7 +127,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path, Path]:
     now = datetime.now(timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
 
-    def build(subject: str, public: object, ca: bool) -> x509.CertificateBuilder:
+    def build(subject: str, public: ec.EllipticCurvePublicKey, ca: bool) -> x509.CertificateBuilder:
         return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("vhdtool test CA"))
                 .public_key(public).serial_number(x509.random_serial_number())
                 .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))

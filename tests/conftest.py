@@ -25,7 +25,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
     try:
         from tests.azurite import install_azurite, running_azurite
     except ImportError:  # rootdir-less import mode: tests/ itself is on sys.path
-        from azurite import install_azurite, running_azurite
+        from azurite import install_azurite, running_azurite  # type: ignore[no-redef]
 
     install_azurite()
     with running_azurite(tmp_path_factory.mktemp("azurite")) as server:
@@ -62,14 +62,25 @@ def cli(capsys, monkeypatch):
     return invoke
 
 
+def new_container(azurite, prefix: str):
+    """A fresh, empty container in Azurite, named `prefix` and random letters."""
+    from azure.storage.blob import ContainerClient
+
+    client = ContainerClient.from_connection_string(azurite.connection_string, f"{prefix}{uuid.uuid4().hex[:20]}")
+    client.create_container()
+    return client
+
+
 @pytest.fixture
 def container(azurite):
     """A fresh, empty container."""
-    from azure.storage.blob import ContainerClient
+    return new_container(azurite, "t")
 
-    client = ContainerClient.from_connection_string(azurite.connection_string, f"t{uuid.uuid4().hex[:20]}")
-    client.create_container()
-    return client
+
+@pytest.fixture
+def sources(azurite):
+    """A second container holding source disks (a VM's attached VHDs)."""
+    return new_container(azurite, "s")
 
 
 def race(task: Callable[[], object], count: int) -> list[object]:

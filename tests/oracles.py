@@ -7,10 +7,11 @@ because it is built for /usr/bin/python3 only.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import found
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -37,9 +38,9 @@ def qemu_map(path: Path) -> list[dict]:
 def vhdi_info(path: Path) -> dict:
     """vhdiinfo's disk type, media size and identifier."""
     text = run("vhdiinfo", str(path)).stdout
-    kind = re.search(r"Disk type\s*:\s*(\w+)", text).group(1).lower()
-    size = int(re.search(r"Media size\s*:.*\((\d+) bytes\)", text).group(1))
-    ident = re.search(r"Identifier\s*:\s*([0-9a-f-]+)", text).group(1)
+    kind = found(r"Disk type\s*:\s*(\w+)", text).group(1).lower()
+    size = int(found(r"Media size\s*:.*\((\d+) bytes\)", text).group(1))
+    ident = found(r"Identifier\s*:\s*([0-9a-f-]+)", text).group(1)
     return {"type": kind, "virtual_size": size, "unique_id": ident}
 
 
@@ -77,4 +78,4 @@ def vhdtool(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 def vhdi_sector_size(path: Path) -> int:
     """vhdiinfo's bytes per sector (a VHDX's logical sector size)."""
     text = run("vhdiinfo", str(path)).stdout
-    return int(re.search(r"Bytes per sector\s*:\s*(\d+)", text).group(1))
+    return int(found(r"Bytes per sector\s*:\s*(\d+)", text).group(1))

@@ -32,4 +32,5 @@ fi
 python=$(venv_python)
 "$python" -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
 "$python" tests/azurite.py install >/dev/null
+"$python" -m ruff check vhdtool tests; "$python" -m mypy  # lint and types (pyproject.toml) before the tests (set -e: each stops the run)
 exec "$python" -m pytest -q "$@"

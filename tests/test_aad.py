@@ -82,7 +82,7 @@ def oauth_azurite(tmp_path_factory: pytest.TempPathFactory):
     try:
         from tests.azurite import install_azurite, running_azurite
     except ImportError:
-        from azurite import install_azurite, running_azurite
+        from azurite import install_azurite, running_azurite  # type: ignore[no-redef]
 
     install_azurite()
     with running_azurite(tmp_path_factory.mktemp("azurite-oauth"), oauth=True) as server:

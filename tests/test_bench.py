@@ -194,7 +194,7 @@ def test_images_hold_the_same_data_and_only_what_they_must(tmp_path) -> None:
     for offset, data in pieces(size, percent):
         expected[offset : offset + len(data)] = data
     assert sum(1 for b in range(0, size, MiB) if any(expected[b : b + MiB])) == 4
-    progress = []
+    progress: list[int] = []
     sparse, dense, dynamic = write_images(tmp_path, size, percent, progress.append)
     assert sum(progress) == size
     assert sparse.path.read_bytes()[:size] == expected == dense.path.read_bytes()[:size]

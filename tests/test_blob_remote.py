@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from faultproxy import FaultProxy
-from test_upload import KINDS, image_bytes, location
+from helpers import image_bytes, KINDS, location
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.remote import read_blob_ends
 from vhdtool.errors import VhdError
@@ -29,7 +29,7 @@ def test_two_ranged_gets_and_nothing_else(azurite, container) -> None:
     assert info.metadata["vhdtool_state"] == "complete"
     assert ends.head == expected[:512] and ends.tail == expected[-512:]
     footer = ends.footer
-    assert footer.cookie == COOKIE and footer.disk_type == DiskType.FIXED
+    assert footer is not None and footer.cookie == COOKIE and footer.disk_type == DiskType.FIXED
     assert footer.current_size == len(expected) - 512
 
 
@@ -52,7 +52,7 @@ def test_short_and_block_blobs(azurite, container, size) -> None:
     assert ends.tail == data[:size][-512:] if size else ends.tail == b""
     assert (ends.footer is None) == (size < 512)
     if size >= 512:
-        assert ends.footer.cookie == data[size - 512 : size - 504]
+        assert ends.footer is not None and ends.footer.cookie == data[size - 512 : size - 504]
 
 
 def test_empty_page_blob(azurite, container) -> None:

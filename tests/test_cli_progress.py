@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import FIXTURES
+from helpers import scattered_vhd
 from vhdtool.engine.progress import LineReporter
 
 LINE = re.compile(r"^vhdtool: upload: [\d.]+ (bytes|KiB|MiB) of [\d.]+ (KiB|MiB) \(\d+%\), [\d.]+ \S+/s, ETA \d+:\d\d:\d\d$")
@@ -82,7 +83,6 @@ def test_failure_before_anything_was_sent_does_not_promise_a_resume(azurite, con
 
 def test_ctrl_c_exits_130_and_says_to_rerun(azurite, container, tmp_path):
     from faultproxy import FaultProxy, Faults
-    from test_upload import scattered_vhd
 
     src = scattered_vhd(tmp_path / "i.vhd", 16 * 1024 * 1024, pieces=24, seed=3)
     slow = Faults(delay=0.2, only=lambda r: r.is_put_page)  # long enough to be interrupted

@@ -8,6 +8,7 @@ import pytest
 import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
+from helpers import content
 from vhdtool.disk.image import open_disk
 
 MiB = 1024 * 1024
@@ -17,11 +18,6 @@ QEMU_READS_SAME = [p for p in VHDS if not p.name.startswith(("chain-child", "dyn
 
 def qemu_compare(a, b, fmt_a="vpc", fmt_b="vpc"):
     return run("qemu-img", "compare", "-f", fmt_a, "-F", fmt_b, str(a), str(b), check=False)
-
-
-def content(path, **kw):
-    with open_disk(path, **kw) as disk:
-        return disk.read(0, disk.virtual_size)
 
 
 def nonzero_bytes(data: bytes) -> int:

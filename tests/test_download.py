@@ -8,14 +8,11 @@ import base64
 import json
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
 from faultproxy import FaultProxy, Faults, Request
-from test_engine import page_runs
-from test_snapshot import allocated, allocation_bound
-from test_upload import KINDS, conn_env, image_bytes, location, scattered_vhd
+from helpers import allocated, allocation_bound, conn_env, image_bytes, KINDS, leftovers, location, page_runs, scattered_vhd
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.workflows.download import DownloadOptions, Partial, download
@@ -24,10 +21,6 @@ from vhdtool.ranges import merge
 from vhdtool.workflows.upload import UploadOptions, upload
 
 MiB = 1024 * 1024
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if "vhdtool-partial" in p.name)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_download import leftovers
-from test_upload import KINDS, conn_env, image_bytes, location
+from helpers import conn_env, image_bytes, KINDS, leftovers, location
 from vhdtool.engine import sink
 from vhdtool.workflows import download as downloads
 from vhdtool.workflows.download import DownloadOptions, Partial, download

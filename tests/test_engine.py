@@ -11,6 +11,8 @@ import pytest
 
 import make_fixtures
 from conftest import FIXTURES
+from helpers import page_runs
+from vhdtool.azure.limits import PUT_PAGE_MAX
 from vhdtool.engine import pipeline as engine
 from vhdtool.engine.pipeline import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
 from vhdtool.errors import VhdError
@@ -18,17 +20,6 @@ from vhdtool.disk.image import open_disk
 from vhdtool.ranges import align, cut, merge, total
 
 KiB, MiB = 1024, 1024 * 1024
-
-
-def page_runs(data: bytes, granularity: int = PAGE) -> list[tuple[int, int]]:
-    """Brute force: runs of pages holding a non-zero byte (the last page may be short)."""
-    zero = bytes(granularity)
-    pages = []
-    for start in range(0, len(data), granularity):
-        page = data[start : start + granularity]
-        if page != zero[: len(page)]:
-            pages.append((start, start + len(page)))
-    return list(merge(pages))
 
 
 def write_sparse_file(path, size: int, writes: list[tuple[int, bytes]]) -> bytes:
@@ -197,6 +188,6 @@ def test_put_page_pieces(tmp_path):
     path = tmp_path / "long.img"
     content = write_sparse_file(path, 12 * MiB, [(MiB, b"\xff" * (9 * MiB))])
     with open_disk(path, raw=True) as disk:
-        pieces = [(o, len(d)) for o, d in nonzero_data(scan(disk))]
+        pieces = [(o, len(d)) for o, d in nonzero_data(scan(disk), PUT_PAGE_MAX)]
     assert pieces == [(o, e - o) for o, e in cut([(MiB, 10 * MiB)], 4 * MiB)]
-    assert max(n for _, n in pieces) <= engine.PUT_PAGE_MAX and content[MiB] == 0xFF
+    assert max(n for _, n in pieces) <= PUT_PAGE_MAX and content[MiB] == 0xFF

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import pytest
 from construct import Array, Bytes, Struct
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import make_corpus
+from helpers import fuzz_settings
 from vhdtool.workflows.check import CODES, Target, check_image
 from vhdtool.errors import VhdError
 from vhdtool.format.vhd.footer import CHECKSUM_OFFSET, FOOTER_SIZE, Footer, footer_checksum, parse_footer
@@ -42,13 +43,7 @@ from vhdtool.disk.image import open_disk
 from vhdtool.workflows.info import describe
 from vhdtool.disk.writer import ParentRef, SparseImageWriter
 
-EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "100"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=timedelta(seconds=2),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
+FUZZ = fuzz_settings(timedelta(seconds=2))
 MEMORY_LIMIT = 32 * 1024 * 1024  # the images are a few KiB: anything near this is a leak of trust
 SIZE = 64 * 1024
 BLOCK = 4096

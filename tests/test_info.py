@@ -29,7 +29,7 @@ def test_info_shows_the_whole_chain_and_locators():
     data = describe(str(FIXTURES / "chain-child2.vhd"))
     assert [p["path"].rsplit("/", 1)[1] for p in data["parent_chain"]] == ["chain-child1.vhd", "chain-base.vhd"]
     locs = data["dynamic_header"]["parent_locators"]
-    assert [(l["platform_code"], l["path"], l["data_space"]) for l in locs] == [
+    assert [(loc["platform_code"], loc["path"], loc["data_space"]) for loc in locs] == [
         ("W2ru", ".\\chain-child1.vhd", 512),
         ("MacX", "file://./chain-child1.vhd", 512),
     ]
@@ -118,7 +118,7 @@ def test_child_without_its_parent_shows_its_own_fields_and_where_it_looked(tmp_p
     assert proc.returncode == 1 and proc.stderr == ""
     assert "  type                   differencing" in proc.stdout
     assert "  parent name        C:\\VMs\\chain-base.vhd" in proc.stdout  # one backslash each
-    (line,) = [l for l in proc.stdout.splitlines() if "parent.missing" in l]
+    (line,) = [ln for ln in proc.stdout.splitlines() if "parent.missing" in ln]
     assert "parent image not found (tried" in line and "'C:\\\\VMs\\\\chain-base.vhd'" not in line
 
 

@@ -11,7 +11,7 @@ import pytest
 import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, qemu_map, qemu_raw, vhdtool
-from test_engine import page_runs
+from helpers import page_runs
 from vhdtool.ranges import intersect, merge
 
 MiB = 1024 * 1024

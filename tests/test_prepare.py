@@ -7,17 +7,13 @@ import pytest
 import make_fixtures
 from conftest import FIXTURES
 from oracles import qemu_info, run, vhdi_info, vhdi_read, vhdtool
+from helpers import content
 from vhdtool.disk.image import open_disk
 from vhdtool.workflows.prepare import prepare
 from vhdtool.format.vhd.footer import FOOTER_SIZE, OUR_CREATOR, DiskType, new_footer, parse_footer, seal_footer
 
 MiB = 1024 * 1024
 VHDS = sorted(FIXTURES.glob("*.vhd"))
-
-
-def content(path, **kw):
-    with open_disk(path, **kw) as disk:
-        return disk.read(0, disk.virtual_size)
 
 
 def check_json(path, target="azure"):

@@ -58,7 +58,7 @@ def test_align_is_the_smallest_page_cover(ranges, unit, limit):
     got = covered(out)
     assert wanted <= got
     # sorted, disjoint, not touching, page-aligned (or ending at the limit)
-    for (s1, e1), (s2, e2) in zip(out, out[1:]):
+    for (_, e1), (s2, _) in zip(out, out[1:]):
         assert e1 < s2
     for s, e in out:
         assert s % unit == 0 and (e % unit == 0 or e == limit) and s < e <= limit

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import FIXTURES
 from oracles import qemu_info, qemu_raw, vhdi_info, vhdtool
+from helpers import content
 from vhdtool.disk.image import open_disk
 
 MiB = 1024 * 1024
@@ -16,14 +17,9 @@ def copy(tmp_path, name):
     return tmp_path / name
 
 
-def content(path, tmp_path):
-    with open_disk(path) as disk:
-        return disk.read(0, disk.virtual_size)
-
-
 def test_align_grows_a_qemu_fixed_image_to_the_next_mib(tmp_path):
     path = copy(tmp_path, "qemu-fixed-2m.vhd")  # 2,123,776 bytes: qemu's CHS rounding of 2M
-    before, blocks = content(path, tmp_path), path.stat().st_blocks
+    before, blocks = content(path), path.stat().st_blocks
     proc = vhdtool("resize", str(path), "--align")
     assert proc.returncode == 0, proc.stderr
     assert "2,123,776 -> 3,145,728 bytes" in proc.stdout  # exact: rounding would hide the change
@@ -36,7 +32,7 @@ def test_align_grows_a_qemu_fixed_image_to_the_next_mib(tmp_path):
 
 def test_grow_dynamic_within_bat_room(tmp_path):
     path = copy(tmp_path, "windows-dynamic-10m.vhd")  # 5 entries; the BAT sector holds 128
-    before = content(path, tmp_path)
+    before = content(path)
     assert vhdtool("resize", str(path), "--size", "100MiB").returncode == 0
     with open_disk(path) as disk:
         assert disk.virtual_size == 100 * MiB and disk.header.max_table_entries == 50
@@ -91,7 +87,7 @@ def test_output_copy_leaves_the_source_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert src.read_bytes() == original
     assert qemu_info(out)["virtual-size"] == 3 * MiB
-    assert content(out, tmp_path)[: len(original) - 512] == original[:-512]
+    assert content(out)[: len(original) - 512] == original[:-512]
     proc = vhdtool("resize", str(src), "--size", "1MiB", "--allow-shrink", "-o", str(tmp_path / "s.vhd"))
     assert proc.returncode == 2 and "cuts off non-zero data" in proc.stderr
     assert not (tmp_path / "s.vhd").exists()
@@ -108,16 +104,16 @@ def test_grow_fixed_with_extra_bytes_before_its_footer(tmp_path):
         assert vhdtool("resize", str(path), "--size", str(new)).returncode == 0
         assert path.stat().st_size == new + 512
         assert qemu_info(path)["virtual-size"] == vhdi_info(path)["virtual_size"] == new
-        after = content(path, tmp_path)
+        after = content(path)
         assert after[: 10 * MiB] == data[: 10 * MiB] and not any(after[10 * MiB :])
 
 
 def test_grow_fixed_with_a_511_byte_footer(tmp_path):
     path = copy(tmp_path, "virtualpc-short-footer.vhd")  # Virtual PC: footer in the last 511 bytes
-    before = content(path, tmp_path)
+    before = content(path)
     assert vhdtool("resize", str(path), "--align").returncode == 0
     assert path.stat().st_size == 2 * MiB + 512 and qemu_info(path)["virtual-size"] == 2 * MiB
-    after = content(path, tmp_path)
+    after = content(path)
     assert after[: len(before)] == before and not any(after[len(before) :])
 
 

@@ -17,28 +17,17 @@ import pytest
 
 from conftest import FIXTURES
 from oracles import vhdtool
-from test_engine import page_runs
+from helpers import allocated, allocation_bound, page_runs
 from vhdtool.engine import sink
 from vhdtool.workflows.create import create
 from vhdtool.errors import VhdError
 from vhdtool.format.vhd.footer import DiskType
 from vhdtool.disk.image import open_disk
-from vhdtool.ranges import align, total
+from vhdtool.ranges import total
 from vhdtool.workflows.snapshot import compare, default_destination, snapshot
 
 MiB = 1024 * 1024
 VHDS = sorted(FIXTURES.glob("*.vhd"))
-
-
-def allocated(path: Path) -> int:
-    return path.stat().st_blocks * 512
-
-
-def allocation_bound(content: bytes, folder: Path) -> int:
-    """What a sparse copy may allocate: the non-zero pages rounded to filesystem blocks, plus
-    a few blocks of extent metadata."""
-    block = os.statvfs(folder).f_bsize
-    return total(align(page_runs(content), block, len(content))) + 4 * block
 
 
 @pytest.fixture

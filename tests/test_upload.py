@@ -24,33 +24,15 @@ from azure.storage.blob import ContentSettings
 
 from conftest import FIXTURES
 from faultproxy import FaultProxy, Faults, Request
-from test_engine import page_runs
+from helpers import conn_env, found, image_bytes, KINDS, location, MiB, page_runs, scattered_vhd
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.retry import RetryPolicy, TransferError
-from vhdtool.workflows.create import create
 from vhdtool.format.vhd.footer import DiskType, parse_footer
-from vhdtool.disk.image import open_disk
+from vhdtool.disk.image import SparseDisk, open_disk
 from vhdtool.ranges import merge
-from vhdtool.workflows.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, fixed_image, upload
+from vhdtool.workflows.upload import IN_FLIGHT_BYTES, Sender, UploadOptions, upload
 
-MiB = 1024 * 1024
-KINDS = {
-    "fixed": FIXTURES / "windows-fixed-10m.vhd",
-    "dynamic": FIXTURES / "windows-dynamic-10m.vhd",
-    "differencing": FIXTURES / "chain-child2.vhd",
-}
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
-
-
-def conn_env(azurite) -> dict[str, str]:
-    return {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
-
-
-def image_bytes(path: Path, align: bool = False) -> bytes:
-    """The fixed VHD an upload of `path` must produce, byte for byte."""
-    with open_disk(path) as disk:
-        image = fixed_image(disk, align)
-        return image.read(0, image.virtual_size)
 
 
 def blob_ranges(blob) -> list[tuple[int, int]]:
@@ -62,23 +44,8 @@ def blob_content(blob) -> bytes:
     return blob.download_blob().readall()
 
 
-def location(azurite, container, name: str) -> BlobLocation:
-    return BlobLocation.from_connection_string(azurite.connection_string, container.container_name, name)
-
-
 def sent_bytes(out: str) -> int:
-    return int(re.search(r"sent:\s+([\d,]+) bytes", out).group(1).replace(",", ""))
-
-
-def scattered_vhd(path: Path, size: int, pieces: int, seed: int, piece: int = 64 * 1024) -> Path:
-    """A fixed VHD with `pieces` random 64 KiB pieces at random, unaligned offsets."""
-    create(path, size, DiskType.FIXED)
-    rng = random.Random(seed)
-    with open(path, "r+b") as f:
-        for slot in rng.sample(range(size // (2 * piece)), pieces):
-            f.seek(slot * 2 * piece + rng.randrange(piece))
-            f.write(rng.randbytes(piece))
-    return path
+    return int(found(r"sent:\s+([\d,]+) bytes", out).group(1).replace(",", ""))
 
 
 def sparse_sha256(content: bytes) -> str:
@@ -304,7 +271,7 @@ def test_secrets_never_shown_or_stored(azurite, container, cli) -> None:
 
     url = f"{azurite.blob_endpoint}/{container.container_name}/s.vhd"
     token = sas(BlobSasPermissions(read=True, write=True, create=True))
-    signature = re.search(r"sig=([^&]+)", token).group(1)
+    signature = found(r"sig=([^&]+)", token).group(1)
     done = cli("upload", str(KINDS["fixed"]), f"{url}?{token}")
     assert done.code == 0, done.err
     read_only = sas(BlobSasPermissions(read=True))
@@ -315,7 +282,7 @@ def test_secrets_never_shown_or_stored(azurite, container, cli) -> None:
     assert keyed.code == 0
     shown = done.out + done.err + refused.out + refused.err + keyed.out + keyed.err
     metadata = json.dumps(container.get_blob_client("s.vhd").get_blob_properties().metadata)
-    for secret in (signature, re.search(r"sig=([^&]+)", read_only).group(1), azurite.account_key):
+    for secret in (signature, found(r"sig=([^&]+)", read_only).group(1), azurite.account_key):
         for text in (shown, metadata):
             assert secret not in text and secret.replace("%2B", "+").replace("%2F", "/") not in text
 
@@ -778,7 +745,7 @@ def test_since_sends_only_what_changed(azurite, container, tmp_path, cli) -> Non
     old_bytes = image_bytes(old)
     runs = page_runs(old_bytes[:-512])
     with open(new, "r+b") as f:
-        for start, end in rng.sample(runs, 4):  # rewritten pieces: 2 KiB each
+        for start, _ in rng.sample(runs, 4):  # rewritten pieces: 2 KiB each
             f.seek(start + 4096)
             f.write(rng.randbytes(2048))
         for start, end in rng.sample(runs, 3):  # pieces that became zero
@@ -827,6 +794,7 @@ def test_base_sends_only_the_childs_own_sectors(azurite, container, cli, tmp_pat
     upload(FIXTURES / "chain-base.vhd", location(azurite, container, "base.vhd"))
     expected = image_bytes(child)
     with open_disk(child) as disk:
+        assert isinstance(disk, SparseDisk)
         own = list(merge(disk.own_allocated()))
     own_data = sum(1 for s, e in own for i in range(s, e, 512) if any(expected[i:i + 512]))
     with FaultProxy(azurite.port) as proxy:

@@ -173,7 +173,7 @@ def test_zero_and_unmapped_in_a_differencing_file_read_zeros_not_the_parent(vhdx
             1: (PayloadState.UNMAPPED, b""),
             2: (PayloadState.UNDEFINED, b""),
         },
-        parent={"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\diff-base.vhdx"},
+        parent={"parent_linkage": f"{{{mk.guid(0xBA)}}}", "relative_path": ".\\diff-base.vhdx"},
     )
     child = mk.write_vhdx(tmp_path / "c.vhdx", spec)
     data, base = read_all(child), read_all(tmp_path / "diff-base.vhdx")
@@ -184,12 +184,12 @@ def test_zero_and_unmapped_in_a_differencing_file_read_zeros_not_the_parent(vhdx
 def test_parent_found_by_absolute_win32_path_basename_and_checked_by_linkage(vhdx, tmp_path):
     shutil.copy(vhdx["diff-base"], tmp_path / "diff-base.vhdx")
     pairs = {
-        "parent_linkage": "{%s}" % mk.guid(0xBA),
+        "parent_linkage": f"{{{mk.guid(0xBA)}}}",
         "absolute_win32_path": "D:\\vms\\diff-base.vhdx",
     }
     child = mk.write_vhdx(tmp_path / "c.vhdx", mk.VhdxSpec(size=6 * MiB, parent=pairs))
     assert read_all(child) == read_all(vhdx["diff-base"])
-    pairs["parent_linkage"] = "{%s}" % mk.guid(0xBB)
+    pairs["parent_linkage"] = f"{{{mk.guid(0xBB)}}}"
     mk.write_vhdx(child, mk.VhdxSpec(size=6 * MiB, parent=pairs))
     with pytest.raises(VhdxError) as err:
         open_vhdx(child)
@@ -199,13 +199,13 @@ def test_parent_found_by_absolute_win32_path_basename_and_checked_by_linkage(vhd
 def test_parent_linkage2_is_accepted_and_a_cycle_refused(vhdx, tmp_path):
     shutil.copy(vhdx["diff-base"], tmp_path / "diff-base.vhdx")
     pairs = {
-        "parent_linkage": "{%s}" % mk.guid(0xBB),
-        "parent_linkage2": "{%s}" % mk.guid(0xBA),
+        "parent_linkage": f"{{{mk.guid(0xBB)}}}",
+        "parent_linkage2": f"{{{mk.guid(0xBA)}}}",
         "relative_path": ".\\diff-base.vhdx",
     }
     child = mk.write_vhdx(tmp_path / "c.vhdx", mk.VhdxSpec(size=6 * MiB, parent=pairs))
     assert read_all(child) == read_all(vhdx["diff-base"])
-    own = {"parent_linkage": "{%s}" % mk.guid(0xC2), "relative_path": ".\\c.vhdx"}
+    own = {"parent_linkage": f"{{{mk.guid(0xC2)}}}", "relative_path": ".\\c.vhdx"}
     mk.write_vhdx(child, mk.VhdxSpec(size=6 * MiB, parent=own, data_write_guid=mk.guid(0xC2)))
     with pytest.raises(VhdxError) as err:
         open_vhdx(child)
@@ -213,7 +213,7 @@ def test_parent_linkage2_is_accepted_and_a_cycle_refused(vhdx, tmp_path):
 
 
 def test_missing_parent_and_vhd_parent_are_refused(vhdx, tmp_path, fixtures_dir):
-    pairs = {"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\gone.vhdx"}
+    pairs = {"parent_linkage": f"{{{mk.guid(0xBA)}}}", "relative_path": ".\\gone.vhdx"}
     child = mk.write_vhdx(tmp_path / "c.vhdx", mk.VhdxSpec(size=6 * MiB, parent=pairs))
     with pytest.raises(VhdxError) as err:
         open_vhdx(child)

@@ -56,7 +56,7 @@ def test_one_bad_header_checksum_uses_the_other(clean, tmp_path):
     want = open_vhdx(clean).read(0, 4 * MiB)
     for number, offset in enumerate(HEADER_OFFSETS, 1):
         path = damaged(
-            clean, tmp_path, lambda d: d.__setitem__(offset + 40, d[offset + 40] ^ 1), reseal=False
+            clean, tmp_path, lambda d, offset=offset: d.__setitem__(offset + 40, d[offset + 40] ^ 1), reseal=False
         )
         with open_vhdx(path) as disk:
             assert [(f.code, f.numbers["header"]) for f in disk.findings] == [
@@ -112,7 +112,7 @@ def test_bat_entry_in_header_section_and_bad_states_are_refused(clean, tmp_path)
     # PARTIALLY_PRESENT in a file without a parent, and the reserved state 4
     for state in (7, 4):
         path = damaged(
-            clean, tmp_path, lambda d: bat_entry(d, 1, mk.batfmt.build_entry(state, 4 * MiB))
+            clean, tmp_path, lambda d, state=state: bat_entry(d, 1, mk.batfmt.build_entry(state, 4 * MiB))
         )
         assert refused(path).code == "vhdx.bat-state"
 
@@ -123,7 +123,7 @@ def test_partial_block_without_its_sector_bitmap_is_refused(tmp_path):
         size=2 * MiB,
         blocks={0: (mk.State.PARTIALLY_PRESENT, mk.pattern(1, MiB))},
         present={0: flags},
-        parent={"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\p.vhdx"},
+        parent={"parent_linkage": f"{{{mk.guid(0xBA)}}}", "relative_path": ".\\p.vhdx"},
     )
     child = mk.write_vhdx(tmp_path / "c.vhdx", spec)
     ratio = mk.batfmt.chunk_ratio(512, MiB)

@@ -8,25 +8,19 @@ CI runs 100 examples per test; set VHDTOOL_FUZZ_EXAMPLES=100000 for the long run
 
 from __future__ import annotations
 
-import os
 import tracemalloc
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import make_vhdx_fixtures as mk
+from helpers import fuzz_settings
 from vhdtool.disk.sniff import open_vhdx
 from vhdtool.errors import VhdError
 
-EXAMPLES = int(os.environ.get("VHDTOOL_FUZZ_EXAMPLES", "100"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=timedelta(seconds=3),
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    database=None,
-)
+FUZZ = fuzz_settings(timedelta(seconds=3))
 KiB, MiB = 1024, 1024 * 1024
 READ_LIMIT = 8 * MiB  # a mutated size may claim terabytes: read what a real image would hold
 MEMORY_LIMIT = 64 * MiB

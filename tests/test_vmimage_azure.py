@@ -7,41 +7,16 @@ from __future__ import annotations
 import base64
 import json
 import re
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from conftest import race
-
-from test_upload import conn_env, scattered_vhd
-from test_vmimage_local import AZURE_KEYS, MiB, dated, md5_b64, three_disks
+from helpers import AZURE_KEYS, blobs, conn_env, dated, found, md5_b64, MiB, put_disk, scattered_vhd, three_disks
 from vhdtool.azure.location import BlobLocation, ContainerLocation
 from vhdtool.workflows.create import create
 from vhdtool.format.vhd.footer import DiskType
 from vhdtool.workflows.store.azure import AzureStore
-
-
-@pytest.fixture
-def sources(azurite):
-    """A second container holding source disks (a VM's attached VHDs)."""
-    from azure.storage.blob import ContainerClient
-
-    client = ContainerClient.from_connection_string(azurite.connection_string, f"s{uuid.uuid4().hex[:20]}")
-    client.create_container()
-    return client
-
-
-def put_disk(client, name: str, path: Path):
-    """Upload a local file as a page blob (plain SDK: no vhdtool involved)."""
-    blob = client.get_blob_client(name)
-    blob.upload_blob(path.read_bytes(), blob_type="PageBlob")
-    return blob
-
-
-def blobs(client) -> dict[str, object]:
-    return {b.name: b for b in client.list_blobs(include=["metadata"])}
 
 
 def content(client, name: str) -> bytes:
@@ -186,7 +161,7 @@ def test_sas_store_never_shows_or_stores_the_secret(azurite, container, cli, tmp
                                    permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
                                                                       delete=True, list=True),
                                    expiry=datetime.now(timezone.utc) + timedelta(hours=1))
-    signature = re.search(r"sig=([^&]+)", token).group(1)
+    signature = found(r"sig=([^&]+)", token).group(1)
     store = f"{azurite.blob_endpoint}/{container.container_name}?{token}"
     disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 2, 9)
     source = put_disk(container, "src.vhd", disk)

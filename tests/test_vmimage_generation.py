@@ -219,8 +219,11 @@ def test_a_local_os_disk_is_parsed_once_for_check_and_table(images, cli, tmp_pat
 
     parsed = []
     for module in (vhdtool.disk.image, vhdtool.workflows.check.run):
-        real = module.inspect_open
-        monkeypatch.setattr(module, "inspect_open", lambda path, *a, real=real: parsed.append(path) or real(path, *a))
+        def counted(path, *a, real=module.inspect_open):
+            parsed.append(path)
+            return real(path, *a)
+
+        monkeypatch.setattr(module, "inspect_open", counted)
     done = capture(cli, "once", images["gpt-esp-linux"], tmp_path / "store")
     assert done.code == 0 and json.loads(done.out)["hyperVGeneration"] == "V2"
     assert parsed.count(images["gpt-esp-linux"]) == 1, parsed

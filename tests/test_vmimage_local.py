@@ -4,22 +4,20 @@ refusals that leave nothing behind, and disks in use."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES, race
 from oracles import vhdtool
-from test_upload import scattered_vhd
+from helpers import AZURE_KEYS, capture_args, dated, md5_b64, MiB, scattered_vhd, shown, three_disks, vhd_names
 from vhdtool.workflows.create import create
 from vhdtool.errors import VhdError
 from vhdtool.format.vhd.footer import DiskType
@@ -28,52 +26,8 @@ from vhdtool.workflows.store.local import LocalStore
 from vhdtool.workflows.vmimage.capture import CaptureRequest, capture
 from vhdtool.workflows.vmimage.disks import DiskSpec
 
-MiB = 1024 * 1024
-AZURE_KEYS = ("microsoftazurecompute_imagetype", "microsoftazurecompute_osstate",
-              "microsoftazurecompute_ostype", "microsoftazurecompute_capturedvmkey")
-
-
-def utc_days() -> set[str]:
-    """Today's UTC date (and the next one, should the test straddle midnight UTC)."""
-    now = datetime.now(timezone.utc)
-    return {f"{now:%Y-%m-%d}", f"{now + timedelta(minutes=5):%Y-%m-%d}"}
-
-
-def dated(pattern: str) -> re.Pattern:
-    """`pattern` with DATE standing for today's UTC date."""
-    days = "|".join(sorted(utc_days()))
-    return re.compile("^" + pattern.replace("DATE", f"(?:{days})") + "$")
-
-
-def md5_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
-
-
-def three_disks(folder: Path) -> dict[str, Path]:
-    """An OS disk and two data disks with different content (fixed, 10 MiB: pass check)."""
-    return {role: scattered_vhd(folder / f"{role}.vhd", 10 * MiB, 4, seed)
-            for seed, role in enumerate(("os", "data0", "data1"), start=1)}
-
-
-def capture_args(name: str, disks: dict[str, Path], store: Path | str, *extra: str) -> list[str]:
-    return ["image", "capture", name, "--os-disk", str(disks["os"]), "--os-type", "linux",
-            "--os-state", "generalized", "--data-disk", f"0={disks['data0']}",
-            "--data-disk", f"1={disks['data1']},caching=ReadOnly", "--store", str(store), *extra]
-
-
-def vhd_names(store: Path) -> set[str]:
-    folder = store / "vhds"
-    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-
-
 def everything(store: Path) -> set[str]:
     return {str(p.relative_to(store)) for p in store.rglob("*")} if store.exists() else set()
-
-
-def shown(cli, store: Path, name: str) -> dict:
-    done = cli("image", "show", name, "--store", str(store), "--json")
-    assert done.code == 0, done.err
-    return json.loads(done.out)
 
 
 def test_capture_deploy_delete_orphans(cli, tmp_path) -> None:

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_upload import conn_env, scattered_vhd
-from test_vmimage_azure import sources  # noqa: F401  (a fixture)
-from test_vmimage_local import MiB, capture_args, shown, three_disks, vhd_names
+from helpers import blobs, capture_args, conn_env, MiB, put_disk, scattered_vhd, shown, three_disks, vhd_names
 
 
 @pytest.fixture
@@ -239,7 +237,6 @@ def test_a_killed_upload_into_an_azure_store_is_cleaned_up_by_the_next_capture(a
                                                                              tmp_path) -> None:
     """Killed while uploading: a leased page blob without its footer under the final name.
     The next capture deletes it (the lease of the dead upload is its own) and takes the name."""
-    from test_vmimage_azure import blobs
 
     env = conn_env(azurite)
     disk = scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 7)
@@ -260,7 +257,6 @@ def test_a_killed_upload_into_an_azure_store_is_cleaned_up_by_the_next_capture(a
 
 def test_a_killed_server_side_copy_is_cleaned_up_by_orphans_clean(azurite, container, sources, cli,  # noqa: F811
                                                                    tmp_path) -> None:
-    from test_vmimage_azure import blobs, put_disk
 
     env = conn_env(azurite)
     source = put_disk(sources, "vm-os.vhd", scattered_vhd(tmp_path / "os.vhd", 10 * MiB, 3, 8))

@@ -17,9 +17,9 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from vhdtool.errors import EXIT_UNUSABLE, NotVhdError, VhdError
+from vhdtool.redaction import redact
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-from vhdtool.redaction import redact
 
 HELP = {"help_option_names": ["-h", "--help"]}
 

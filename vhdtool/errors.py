@@ -34,5 +34,6 @@ class DamagedImageError(FormatError):
     """The image has structural damage that changes what its virtual disk reads."""
 
 
-class WriterError(VhdError):
-    """A writer was used against its contract (unaligned, out of order, past the end)."""
+class WriterError(VhdError, ValueError):
+    """A writer (VHD writer, MD5 feed, Put Page) was used against its contract: unaligned, out
+    of order, past the end. Also a ValueError, which these raised before."""

@@ -28,5 +28,6 @@ def blob_from_args(
             raise VhdError(f"not a blob URL (expected https://<account>.blob.core.windows.net/...): {redact(url)}")
         return BlobLocation.from_url(url, access)
     if not (container and name):
-        raise VhdError("no destination blob: give a blob URL (with a SAS token, or --auth login), or --container and --name")
+        raise VhdError("no destination blob: give a blob URL (with a SAS token, or --auth login), "
+                       "or --container and --name")
     return BlobLocation.from_connection_string(resolve_connection_string(connection_string), container, name, access)

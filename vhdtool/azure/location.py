@@ -397,7 +397,9 @@ class BlobLocation:
         return cls(ContainerLocation(account_url, container, account, sas, None, *secured), name)
 
     @classmethod
-    def from_connection_string(cls, conn_str: str, container: str, name: str, access: Access = Access()) -> BlobLocation:
+    def from_connection_string(
+        cls, conn_str: str, container: str, name: str, access: Access = Access()
+    ) -> BlobLocation:
         """Parse a ``Key=Value;...`` Azure connection string and attach container and blob names."""
         return ContainerLocation.from_connection_string(conn_str, container, access).blob(name)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from vhdtool import ranges
+from vhdtool.azure.limits import PAGE, PUT_PAGE_MAX
 from vhdtool.azure.location import BlobLocation, blob_client
 from vhdtool.azure.retry import (
     ChecksumMismatch,
@@ -25,8 +26,7 @@ from vhdtool.azure.retry import (
     is_transient,
     status_of,
 )
-from vhdtool.engine.pipeline import PAGE, PUT_PAGE_MAX
-from vhdtool.errors import VhdError
+from vhdtool.errors import VhdError, WriterError
 from vhdtool.ranges import Range
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class PageBlob:
         a body corrupted on the way (400 Md5Mismatch) and the retrier sends it again.
         """
         if offset % PAGE or len(data) % PAGE or not 0 < len(data) <= PUT_PAGE_MAX:
-            raise ValueError(f"bad Put Page: {len(data)} bytes at {offset}")
+            raise WriterError(f"bad Put Page: {len(data)} bytes at {offset}")
         md5 = hashlib.md5(data).digest()
         self.call(f"writing pages at offset {offset:,}", self.client.upload_page, data, offset, len(data),
                   lease=lease, transactional_content_md5=md5)

@@ -17,13 +17,13 @@ from construct import Container
 from vhdtool.azure.location import BlobLocation
 from vhdtool.azure.pageblob import PageBlob
 from vhdtool.errors import VhdError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.footer import FOOTER_SIZE, parse_footer
 from vhdtool.ranges import Range
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
 
-SECTOR = 512
 PAGE_BLOB = "PageBlob"
 
 

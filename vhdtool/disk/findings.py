@@ -28,7 +28,7 @@ class Target(str, Enum):
     GENERIC = "generic"  # structure and interoperability only
 
 
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO  # noqa: E741 (table shorthand)
 
 CODES: dict[str, Severity] = {
     # The file itself

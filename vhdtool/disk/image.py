@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Self
+from collections.abc import Iterator
 
 import numpy as np
 from construct import Container
@@ -81,7 +82,7 @@ class Disk:
                 os.close(disk.fd)
                 disk.fd = -1
 
-    def __enter__(self) -> Disk:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

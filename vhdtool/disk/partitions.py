@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 
 from vhdtool.errors import VhdError
 from vhdtool.format.partition import gpt, mbr
+from vhdtool.format.sector import SECTOR
 from vhdtool.units import format_size
 
-SECTOR = 512
 # A GPT entry array is 16 KiB in practice (128 entries of 128 bytes); beyond 1 MiB it is
 # hostile, not a table (util-linux libfdisk also refuses absurd entry counts).
 MAX_ENTRY_ARRAY = 1024 * 1024
@@ -123,7 +123,7 @@ class Reader:
             raise TableError(f"cannot read {length:,} bytes at offset {offset:,}: {exc.detail}") from None
 
 
-class TableError(Exception):
+class TableError(VhdError):
     """The table cannot be read on: the message says why (reported, never raised out)."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from vhdtool.disk.file import locate_footer, open_readonly
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.errors import FormatError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhdx.identifier import SIGNATURE as VHDX_SIGNATURE
 
 __all__ = ["sniff", "readable_format", "open_vhdx", "VhdxDisk", "unsupported"]
@@ -42,7 +43,7 @@ def sniff(path: str | os.PathLike) -> str:
     """The format of the file at `path`: "vhd", "vhdx", "qcow2", "vmdk", "vdi" or "raw"."""
     fd, st = open_readonly(Path(path))
     try:
-        return sniff_bytes(os.pread(fd, 512, 0), st.st_size, fd)
+        return sniff_bytes(os.pread(fd, SECTOR, 0), st.st_size, fd)
     finally:
         os.close(fd)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 from uuid import UUID
 
 import numpy as np
@@ -20,6 +20,7 @@ from vhdtool.disk.image import Disk, open_readonly, preadinto, zero
 from vhdtool.disk.vhdx_errors import Finding, VhdxError
 from vhdtool.disk.vhdx_log import Overlay, replay
 from vhdtool.errors import FormatError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhdx import bat as batfmt
 from vhdtool.format.vhdx import metadata as meta
 from vhdtool.format.vhdx.bat import PayloadState
@@ -63,6 +64,25 @@ class VhdxDisk(Disk):
     """A VHDX file read through its BAT (and, for a differencing file, its parent)."""
 
     kind = "vhdx"
+
+    # Set by open_vhdx as it reads the file, in this order.
+    creator: str
+    headers: list[Container]
+    current_header: Container
+    regions: list[Container]
+    bat_region: Container
+    metadata_region: Container
+    metadata_items: dict[UUID, bytes]
+    block_size: int
+    leave_blocks_allocated: bool
+    has_parent: bool
+    logical_sector_size: int
+    physical_sector_size: int
+    page_83_data: UUID | None
+    parent_locator: tuple[UUID, dict[str, str]] | None
+    sectors_per_block: int
+    chunk_ratio: int
+    bat: np.ndarray
 
     def __init__(self, path: Path, fd: int, st: os.stat_result):
         super().__init__(path, fd, st)
@@ -435,7 +455,7 @@ def _check_parameters(disk: VhdxDisk) -> None:
         raise disk.refuse(
             "vhdx.virtual-size", f"virtual disk size {vs} is not a multiple of {lss} up to 64 TiB"
         )
-    if lss != 512:
+    if lss != SECTOR:
         disk.note(
             "vhdx.logical-sector-4k",
             "warning",

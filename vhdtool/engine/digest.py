@@ -11,6 +11,8 @@ import base64
 import hashlib
 from typing import TYPE_CHECKING
 
+from vhdtool.errors import WriterError
+
 if TYPE_CHECKING:
     from vhdtool.engine.pipeline import Source
 
@@ -26,7 +28,7 @@ class ContentMd5:
 
     def zeros_to(self, offset: int) -> None:
         if offset < self.position:
-            raise ValueError(f"MD5 input out of order: {offset:,} after {self.position:,}")
+            raise WriterError(f"MD5 input out of order: {offset:,} after {self.position:,}")
         while self.position < offset:
             n = min(len(_ZEROS), offset - self.position)
             self._md5.update(_ZEROS[:n])

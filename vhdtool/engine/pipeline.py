@@ -29,10 +29,10 @@ import numpy as np
 from vhdtool import ranges
 from vhdtool.engine import progress
 from vhdtool.errors import VhdError
+from vhdtool.format.sector import SECTOR
 from vhdtool.ranges import Range
 
-PAGE = 512  # Azure page size: the default zero-detection granularity
-PUT_PAGE_MAX = 4 * 1024 * 1024  # largest Azure Put Page request
+PAGE = SECTOR  # default zero-detection granularity: a sector (and an Azure page, also 512 bytes)
 CHUNK = 4 * 1024 * 1024  # read unit
 MAX_WORKERS = 4  # two threads already saturate memory bandwidth on a cached read
 
@@ -192,7 +192,7 @@ def nonzero_runs(chunks: Iterable[Chunk], max_length: int | None = None) -> Iter
 
 
 def nonzero_data(
-    chunks: Iterable[Chunk], max_length: int = PUT_PAGE_MAX
+    chunks: Iterable[Chunk], max_length: int = CHUNK
 ) -> Iterator[tuple[int, memoryview]]:
     """(offset, bytes) of every non-zero run, cut at `max_length` multiples (for sinks).
 
@@ -203,6 +203,8 @@ def nonzero_data(
             yield run[0], chunk.data(run)
 
 
-def progress_bar(source: Source, label: str, granularity: int = PAGE) -> AbstractContextManager[Callable[[int], None] | None]:
+def progress_bar(
+    source: Source, label: str, granularity: int = PAGE
+) -> AbstractContextManager[Callable[[int], None] | None]:
     """Progress over the bytes `scan` reads: see vhdtool.engine.progress."""
     return progress.progress_bar(source, label, granularity)

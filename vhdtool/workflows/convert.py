@@ -18,13 +18,12 @@ from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.disk.fixed import FixedImage
 from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
 from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
+from vhdtool.format.sector import SECTOR
 from vhdtool.disk.file import raw_by_name
 from vhdtool.disk.image import Disk, open_disk
 from vhdtool.engine.output import atomic_file
 from vhdtool.engine.sink import copy_nonzero, sparse_output
 from vhdtool.disk.writer import SparseImageWriter
-
-SECTOR = 512
 
 
 class Format(str, Enum):

@@ -8,14 +8,13 @@ from pathlib import Path
 from construct import Container
 
 from vhdtool.errors import VhdError
+from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.footer import DiskType, new_footer, seal_footer
 from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
 from vhdtool.format.vhd.footer import MAX_VHD_SIZE
 from vhdtool.engine.output import atomic_output
 from vhdtool.units import format_size
 from vhdtool.disk.writer import SparseImageWriter
-
-SECTOR = 512
 
 
 def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:

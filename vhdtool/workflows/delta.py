@@ -15,14 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vhdtool import ranges
-from vhdtool.engine.pipeline import (
-    PAGE,
-    PUT_PAGE_MAX,
-    Chunk,
-    Source,
-    nonzero_data,
-    scan,
-)
+from vhdtool.azure.limits import PAGE, PUT_PAGE_MAX
+from vhdtool.engine.pipeline import Chunk, Source, nonzero_data, scan
 from vhdtool.ranges import Range
 from vhdtool.workflows.sparse_digest import SparseDigest
 
@@ -55,9 +49,9 @@ def changes(new: Source, old: Source, new_digest: SparseDigest, old_digest: Spar
     limit; the data views are reused buffers: use them before the next item)."""
     both = list(ranges.union(new.allocated(), old.allocated()))
     for a, b in zip(scan(Widened(new, both)), scan(Widened(old, both)), strict=True):
-        for offset, data in nonzero_data([a]):
+        for offset, data in nonzero_data([a], PUT_PAGE_MAX):
             new_digest.add(offset, data)
-        for offset, data in nonzero_data([b]):
+        for offset, data in nonzero_data([b], PUT_PAGE_MAX):
             old_digest.add(offset, data)
         yield from chunk_changes(a, b)
 

@@ -242,7 +242,9 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
     return result
 
 
-def download(location: BlobLocation, dest: str | os.PathLike, options: DownloadOptions = DownloadOptions()) -> DownloadResult:
+def download(
+    location: BlobLocation, dest: str | os.PathLike, options: DownloadOptions = DownloadOptions()
+) -> DownloadResult:
     """Download the page blob at `location` to DEST (see the module docstring)."""
     started = time.monotonic()
     dest = Path(dest)

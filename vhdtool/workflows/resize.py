@@ -28,11 +28,11 @@ from vhdtool.format.vhd.footer import (
 )
 from vhdtool.format.vhd.geometry import chs_for_size
 from vhdtool.format.vhd.header import seal_header
+from vhdtool.format.sector import SECTOR
 from vhdtool.disk.image import Disk, FooterLocation, SparseDisk, open_disk, require_footer
 from vhdtool.engine.output import staged_file
 from vhdtool.units import format_change, format_size
 
-SECTOR = 512
 AZURE_ALIGN = 1024 * 1024  # `--align`: Azure takes whole MiB, the same rounding as upload --align
 ZERO_BUFFER = 1024 * 1024  # zeros are written from a buffer of this size, whatever the span
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhdtool import ranges
 from vhdtool.azure import lease as leases
+from vhdtool.azure.limits import PAGE, PUT_PAGE_MAX
 from vhdtool.azure.location import BlobLocation, ContainerLocation
 from vhdtool.azure.pageblob import Forbidden, PageBlob
 from vhdtool.azure.remote import PAGE_BLOB, BlobSource
@@ -53,7 +54,7 @@ from vhdtool.engine.digest import ContentMd5, b64, feed
 from vhdtool.engine.pipeline import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
 from vhdtool.disk.fixed import FixedImage
-from vhdtool.disk.image import Disk, open_disk
+from vhdtool.disk.image import Disk, SparseDisk, open_disk
 from vhdtool.ranges import Range
 from vhdtool.workflows.delta import Widened, changes
 from vhdtool.workflows.journal import Journal
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
 
 MiB = 1024 * 1024
-PAGE = 512
 STATE_KEY = "vhdtool_state"
 MD5_KEY = "vhdtool_md5"
 PARTIAL, COMPLETE = "partial", "complete"
@@ -350,7 +350,7 @@ def send(blob: PageBlob | None, lease_id: str | None, image: FixedImage, present
             for chunk in scan(body, progress=progress):
                 if md5 is not None:
                     md5.add(chunk.offset, chunk.view)
-                for offset, data in nonzero_data([chunk]):
+                for offset, data in nonzero_data([chunk], PUT_PAGE_MAX):
                     piece(offset, data, data_sender)
         if source_changed(image.disk):  # checked before the footer makes the blob a VHD
             raise VhdError("changed while it was being uploaded: run the upload again", image.path)
@@ -513,13 +513,14 @@ def patch_since(blob: PageBlob, image: FixedImage, identity: SourceIdentity, old
                        "upload without --since for them")
     old_identity = SourceIdentity.of(old.disk, old.virtual_size)
     props = blob.properties()
-    recorded = (props.metadata or {}).get(SPARSE_KEY) if props is not None else None
+    metadata = (props.metadata or {}) if props is not None else {}
+    recorded = metadata.get(SPARSE_KEY)
     why = old_identity.mismatch(props) if props is not None else "there is no such blob"
-    if why is None and (props.metadata or {}).get(STATE_KEY) not in (COMPLETE, PATCHING):
+    if why is None and metadata.get(STATE_KEY) not in (COMPLETE, PATCHING):
         why = "its upload did not complete"
     if why is None and recorded is None:
         why = "it has no sparse digest recorded"
-    if why is not None:
+    if why is not None or props is None or recorded is None:
         raise VhdError(f"--since: the blob does not hold {old.path} ({why}): upload without --since",
                        blob.location)
     held = leases.acquire(blob, props, options.log)
@@ -590,7 +591,7 @@ def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, opti
     bitmaps mark are sent (cleared where the child wrote zeros), the footer last. Interrupted,
     the blob stays marked as being patched: a re-run starts over (the copy is server-side)."""
     disk = image.disk
-    if disk.kind != "differencing" or options.base is None:
+    if not isinstance(disk, SparseDisk) or disk.kind != "differencing" or options.base is None:
         raise VhdError("--base is for a differencing image (its parent's blob is the base)", disk.path)
     if options.md5 or options.verify:
         raise VhdError("--base sends only the child's sectors: --md5 and --verify need the whole image, "
@@ -606,7 +607,7 @@ def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, opti
         body, owned = Widened(Window(image, 0, image.data_size), own), ranges.SortedRanges(own)
         with Sender(blob, held.id, options.workers, Pacer(options.cap_mbps)) as sender:
             for chunk in scan(body):
-                for offset, data in nonzero_data([chunk]):
+                for offset, data in nonzero_data([chunk], PUT_PAGE_MAX):
                     sender.put(offset, bytes(data))
                 # the child's own sectors that are zero: the base's data there must go
                 for start, end in ranges.subtract(owned.within(chunk.offset, chunk.offset + len(chunk.view)),
@@ -660,7 +661,8 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
                     with open_disk(options.since) as old:
                         patch_since(blob, image, identity, fixed_image(old, options.align), options, result)
                 else:
-                    readable, props = (False, None) if options.managed_disk else nothing_sent_yet(readable_properties, blob)
+                    readable, props = ((False, None) if options.managed_disk
+                                       else nothing_sent_yet(readable_properties, blob))
                     result.managed_disk = not readable
                     if result.managed_disk:
                         to_managed_disk(blob, image, options, result)

@@ -133,7 +133,7 @@ def locator_data_space(locator: Container) -> int:
     below 512 is a sector count, otherwise a byte count.
     """
     space = locator.platform_data_space
-    return space * 512 if space < 512 else space
+    return space * SECTOR if space < SECTOR else space
 
 
 def decode_locator(code: bytes, data: bytes) -> str:

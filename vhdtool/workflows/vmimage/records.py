@@ -105,7 +105,9 @@ def vm_disk(image_disk_entry: dict[str, Any], stored: StoredDisk, os_type: str |
     }
 
 
-def vm_record(store: Store, vm: str, image: dict[str, Any], created_at: str, stored: list[StoredDisk]) -> dict[str, Any]:
+def vm_record(
+    store: Store, vm: str, image: dict[str, Any], created_at: str, stored: list[StoredDisk]
+) -> dict[str, Any]:
     generalized = image["osState"] == "Generalized"
     disks = image_disks(image)
     note = ("the image is generalized: the VM must be provisioned at first boot (computer name, "
