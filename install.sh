@@ -9,15 +9,8 @@ cd "$(dirname "$0")"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 . ./python-env.sh
 
-missing=$(venv_packages)
-if [ -n "$missing" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: needs Debian package $missing: run as root or 'sudo apt-get install $missing'" >&2
-    exit 2
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$missing" >/dev/null
-fi
+# shellcheck disable=SC2046  # venv_packages prints zero or one word
+apt_install install.sh $(venv_packages)
 python=$(venv_python)
 "$python" -m pip install -q .
 if [ "$python" != python3 ]; then

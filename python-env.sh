@@ -24,3 +24,17 @@ venv_python() {
     echo python3
   fi
 }
+
+# Install the Debian packages given (none: nothing to do), as root; otherwise say what to run.
+# $1 names the caller in the message.
+apt_install() {
+  local caller=$1
+  shift
+  (($#)) || return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$caller: needs Debian packages $*: run as root or 'sudo apt-get install $*'" >&2
+    exit 2
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}

@@ -20,14 +20,7 @@ command -v npm >/dev/null || missing+=(npm)  # Azurite runs on Node.js
 [ -x /usr/sbin/sgdisk ] || missing+=(gdisk)  # partition fixtures
 [ -x /usr/bin/time ] || missing+=(time)  # GNU time: peak memory in the bench tests
 missing+=($(venv_packages))
-if ((${#missing[@]})); then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "tests/run.sh: needs Debian packages ${missing[*]}: run as root or 'sudo apt-get install ${missing[*]}'" >&2
-    exit 2
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install tests/run.sh ${missing[@]+"${missing[@]}"}
 
 python=$(venv_python)
 "$python" -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start

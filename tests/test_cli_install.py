@@ -105,7 +105,7 @@ def test_without_python3_venv(tmp_path, uid):
     apt = tmp_path / "apt.log"
     if uid:  # a normal user is told what to install; nothing is tried
         assert proc.returncode == 2 and not apt.exists()
-        assert proc.stderr == ("install.sh: needs Debian package python3-venv: run as root or "
+        assert proc.stderr == ("install.sh: needs Debian packages python3-venv: run as root or "
                                "'sudo apt-get install python3-venv'\n")
     else:  # root installs it (the fake apt-get's install then fails, which stops the script)
         assert proc.returncode == 9 and apt.read_text().splitlines() == ["update -qq", "install -y -qq python3-venv"]
