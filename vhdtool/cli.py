@@ -208,7 +208,7 @@ def resize(
 def map_(
     image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
     as_json: JsonOpt = False,
-    granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512).")] = "512",
+    granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512, at most 4MiB).")] = "512",
     quiet: QuietOpt = False,
 ) -> None:
     """List the non-zero runs (start, length) of the virtual disk and how much data it holds.
