@@ -145,7 +145,7 @@ def create(
     out: Annotated[Path, typer.Argument(help="The VHD file to create.")],
     size: Annotated[str, typer.Option("--size", help="Virtual size: 20GiB, 512MiB, 1073741824.")],
     disk_type: Annotated[CreateType, typer.Option("--type", help="fixed (sparse on disk) or dynamic.")] = CreateType.fixed,
-    block_size: Annotated[str, typer.Option("--block-size", help="Dynamic block size.")] = "2MiB",
+    block_size: Annotated[str | None, typer.Option("--block-size", help="Dynamic block size (default 2MiB).")] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -158,7 +158,8 @@ def create(
     from vhdtool.format.vhd.footer import DiskType
 
     kind = DiskType.FIXED if disk_type == CreateType.fixed else DiskType.DYNAMIC
-    footer, warnings = do_create(out, size_arg(size), kind, block_size=size_arg(block_size), force=force)
+    footer, warnings = do_create(out, size_arg(size), kind, force=force,
+                                  block_size=None if block_size is None else size_arg(block_size))
     for w in warnings:
         warn(w)
     if as_json:
@@ -207,7 +208,7 @@ def resize(
 def map_(
     image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
     as_json: JsonOpt = False,
-    granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512).")] = "512",
+    granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512, at most 4MiB).")] = "512",
     quiet: QuietOpt = False,
 ) -> None:
     """List the non-zero runs (start, length) of the virtual disk and how much data it holds.

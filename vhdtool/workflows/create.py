@@ -10,11 +10,12 @@ from construct import Container
 from vhdtool.errors import VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.footer import DiskType, new_footer, seal_footer
-from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
+from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE, block_size_valid
 from vhdtool.format.vhd.footer import MAX_VHD_SIZE
 from vhdtool.engine.output import atomic_output
 from vhdtool.units import format_size
-from vhdtool.disk.writer import SparseImageWriter
+from vhdtool.disk.vhd_rules.bat_rules import bat_too_large
+from vhdtool.disk.writer import SparseImageWriter, block_count
 
 
 def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:
@@ -22,10 +23,15 @@ def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:
     if size <= 0 or size % SECTOR:
         raise VhdError(f"size {size:,} is not a positive multiple of 512 bytes")
     if disk_type == DiskType.DYNAMIC:
-        if block_size < SECTOR or block_size & (block_size - 1):
-            raise VhdError(f"block size {block_size:,} is not a power of two of at least 512")
+        # The rules `check` applies to a dynamic image (header.block-size, bat.too-large), so
+        # nothing is written that check and the reader refuse.
+        if not block_size_valid(block_size):
+            raise VhdError(f"block size {block_size:,} is not a power of two from 512 to 2 GiB")
         if size > MAX_VHD_SIZE:
             raise VhdError(f"a dynamic VHD holds at most {format_size(MAX_VHD_SIZE)} (QEMU, Hyper-V)")
+        if bat_too_large(entries := block_count(size, block_size)):
+            raise VhdError(f"{entries:,} blocks of {format_size(block_size)} make a BAT that readers "
+                           "refuse as damaged (check: bat.too-large): choose a larger --block-size")
     warnings = []
     if size > MAX_VHD_SIZE:
         warnings.append(f"sizes above {format_size(MAX_VHD_SIZE)} are refused by QEMU and Hyper-V")
@@ -39,10 +45,16 @@ def create(
     size: int,
     disk_type: DiskType = DiskType.FIXED,
     *,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     force: bool = False,
 ) -> tuple[Container, list[str]]:
-    """Write an empty image; a fixed one is sparse (only the footer is written)."""
+    """Write an empty image; a fixed one is sparse (only the footer is written).
+
+    `block_size` is for a dynamic image (default DEFAULT_BLOCK_SIZE); a fixed one has no blocks.
+    """
+    if disk_type == DiskType.FIXED and block_size is not None:
+        raise VhdError("--block-size is for a dynamic VHD: a fixed VHD has no blocks")
+    block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
     warnings = validate_size(size, disk_type, block_size)
     with atomic_output(Path(out), force=force) as fd:
         if disk_type == DiskType.FIXED:

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from vhdtool.engine.pipeline import PAGE, check_granularity, nonzero_runs, progress_bar, scan
+from vhdtool.engine.pipeline import CHUNK, PAGE, check_granularity, nonzero_runs, progress_bar, scan
 from vhdtool.disk.image import Disk, open_disk
+from vhdtool.errors import VhdError
 from vhdtool.ranges import Range
 from vhdtool.units import format_size, plural
 
@@ -41,6 +42,14 @@ class MapSummary:
         )
 
 
+def check_map_granularity(granularity: int) -> None:
+    """At most one read unit: the scan's buffers grow to a whole page, so a larger page would
+    make memory grow with the option (4 GiB pages took 4.2 GB; 1 TiB could not be allocated)."""
+    check_granularity(granularity)
+    if granularity > CHUNK:
+        raise VhdError(f"granularity {granularity:,} is over {format_size(CHUNK)}, the unit map reads in")
+
+
 def data_runs(disk: Disk, granularity: int = PAGE) -> Iterator[Range]:
     """The non-zero runs of the virtual disk, with a progress bar on a terminal."""
     with progress_bar(disk, f"map {disk.path.name}", granularity) as update:
@@ -49,7 +58,7 @@ def data_runs(disk: Disk, granularity: int = PAGE) -> Iterator[Range]:
 
 def write_map(image: str | os.PathLike, out: TextIO, *, granularity: int = PAGE, as_json: bool = False) -> MapSummary:
     """Stream the map of `image` to `out`, as a table or as JSON."""
-    check_granularity(granularity)
+    check_map_granularity(granularity)
     with open_disk(image) as disk:
         summary = MapSummary(disk.virtual_size, granularity)
         runs = data_runs(disk, granularity)

@@ -70,7 +70,7 @@ def check_header(report: Report, vf: VhdFile, header: Container) -> None:
     if not block_size_valid(header.block_size):
         report.add(
             "header.block-size",
-            f"block size {header.block_size:,} is not a power of two of at least 512 (QEMU: "
+            f"block size {header.block_size:,} is not a power of two from 512 to 2 GiB (QEMU: "
             "Invalid block size; vhd-util check): blocks cannot be located",
         )
     if header.reserved1 != bytes(4) or header.reserved2 != bytes(len(header.reserved2)):

@@ -97,8 +97,7 @@ def find_footer(report: Report, fd: int, size: int) -> FooterLocation | None:
     report.add(
         "footer.missing",
         "no VHD footer: neither the last 512 (or 511) bytes nor the first 512 start with "
-        "'conectix', and the last sector does not look like a damaged footer: not a VHD "
-        "(a raw disk image? vhdtool prepare FILE --raw makes the fixed VHD Azure takes)",
+        "'conectix', and the last sector does not look like a damaged footer: not a VHD",
     )
     return None
 

@@ -15,6 +15,9 @@ HEADER_VERSION = 0x00010000
 HEADER_DATA_OFFSET = 0xFFFF_FFFF_FFFF_FFFF  # unused, all ones
 HEADER_CHECKSUM_OFFSET = 36
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
+# The largest power of two the 32-bit block size field holds (QEMU vpc and vhd-util read it
+# as a uint32): 4 GiB or more cannot be written at all.
+MAX_BLOCK_SIZE = 1 << 31
 LOCATOR_COUNT = 8
 PARENT_NAME_SIZE = 512
 
@@ -122,8 +125,8 @@ def parent_name(header: Container) -> str:
 
 
 def block_size_valid(block_size: int) -> bool:
-    """A power of two of at least a sector (QEMU vpc_open: "Invalid block size")."""
-    return block_size >= SECTOR and not block_size & (block_size - 1)
+    """A power of two from a sector to MAX_BLOCK_SIZE (QEMU vpc_open: "Invalid block size")."""
+    return SECTOR <= block_size <= MAX_BLOCK_SIZE and not block_size & (block_size - 1)
 
 
 def locator_data_space(locator: Container) -> int:
