@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vhdtool.disk.image import locate_footer, open_readonly
+from vhdtool.disk.file import locate_footer, open_readonly
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.errors import FormatError
 from vhdtool.format.vhdx.identifier import SIGNATURE as VHDX_SIGNATURE

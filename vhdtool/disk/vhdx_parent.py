@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from uuid import UUID
 
-from vhdtool.disk.image import MAX_CHAIN_DEPTH
-from vhdtool.disk.parents import is_file
+from vhdtool.disk.parents import MAX_CHAIN_DEPTH, is_file
 from vhdtool.disk.sniff import sniff
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.disk.vhdx_errors import VhdxError
