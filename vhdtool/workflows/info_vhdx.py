@@ -22,7 +22,7 @@ from vhdtool.workflows.check.vhdx_rules import vhdx_report
 def describe_vhdx(path: Path) -> dict[str, Any]:
     disk, refusal = examine_vhdx(path)
     try:
-        report = vhdx_report(Report(redact(str(path)), Target.GENERIC), disk, refusal)
+        report = vhdx_report(Report(redact(str(path)), Target.GENERIC), disk, refusal, layout=True)
         out = vhdx_fields(disk)
         if disk.parent is not None:
             out["parent_chain"] = [vhdx_fields(p) for p in disk.chain()[1:]]

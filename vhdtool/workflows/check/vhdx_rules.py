@@ -21,8 +21,11 @@ def check_vhdx(report: Report, path: Path) -> Report:
         disk.close()
 
 
-def vhdx_report(report: Report, disk: VhdxDisk, refusal: VhdxError | None) -> Report:
-    """The findings of an examined VHDX (`refusal`: why it cannot be read, if it cannot)."""
+def vhdx_report(
+    report: Report, disk: VhdxDisk, refusal: VhdxError | None, *, layout: bool | None = None
+) -> Report:
+    """The findings of an examined VHDX (`refusal`: why it cannot be read, if it cannot).
+    The partition table is read for Azure targets (as for a VHD), or when `layout` says so."""
     from vhdtool.workflows.check.run import check_targets
 
     report.format = "vhdx"
@@ -41,8 +44,9 @@ def vhdx_report(report: Report, disk: VhdxDisk, refusal: VhdxError | None) -> Re
         where = "" if refusal.path in (None, report.path) else f"parent {refusal.path}: "
         report.add(refusal.code, where + refusal.detail)
         return report
-    layout = read_layout(disk)
-    report.partitions = to_dict(layout)
+    table = read_layout(disk) if (azure if layout is None else layout) else None
+    if table is not None:
+        report.partitions = to_dict(table)
     if azure:
         report.add(
             "azure.not-vhd",
@@ -50,5 +54,5 @@ def vhdx_report(report: Report, disk: VhdxDisk, refusal: VhdxError | None) -> Re
             "writes one (512-byte sectors, whole MiB) in one pass",
             fix,
         )
-        check_targets(report, report.target, disk.virtual_size, layout)
+        check_targets(report, report.target, disk.virtual_size, table)
     return report
