@@ -84,7 +84,7 @@ def test_every_structure_of_a_differencing_file_and_its_chain(vhdx, cli):
     assert (meta["logical_sector_size"], meta["physical_sector_size"]) == (512, 4096)
     assert meta["parent_locator"] == {
         "locator_type": "B04AEFB7-D19E-4A81-B789-25B8E9445913",
-        "entries": {"parent_linkage": "{%s}" % mk.guid(0xBA), "relative_path": ".\\diff-base.vhdx",
+        "entries": {"parent_linkage": f"{{{mk.guid(0xBA)}}}", "relative_path": ".\\diff-base.vhdx",
                     "absolute_win32_path": "C:\\vms\\diff-base.vhdx"},
     }
     # The fixture: block 1 full, blocks 2 and 5 partial (one sector bitmap), 6 blocks in all.

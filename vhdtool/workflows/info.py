@@ -12,9 +12,9 @@ from construct import Container
 
 from vhdtool.disk.file import open_readonly, raw_by_name
 from vhdtool.disk.inspect import inspect_open
+from vhdtool.disk.parents import locator_paths
 from vhdtool.disk.partitions import read_layout, to_dict
 from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
-from vhdtool.disk.parents import locator_paths
 from vhdtool.errors import FormatError, NotVhdError
 from vhdtool.format.vhd.footer import (
     COOKIE,

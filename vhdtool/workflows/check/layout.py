@@ -38,6 +38,8 @@ def inspection_layout(inspection: Inspection) -> Layout | None:
     footer = inspection.footer
     if footer.disk_type == DiskType.FIXED:
         return read_layout(FlatView(inspection.fd, footer.current_size))
-    from vhdtool.disk.image import disk_from  # numpy: dynamic and differencing images only
+    from vhdtool.disk.image import (
+        disk_from,  # numpy: dynamic and differencing images only
+    )
 
     return read_layout(disk_from(inspection))  # shares the inspection's open files

@@ -8,20 +8,18 @@ from pathlib import Path
 
 from construct import Container
 
-from vhdtool.disk.findings import (
-    REPAIRED_BY_ALIGNMENT,
-    REPAIRED_BY_CONVERSION,
-    Report,
-    Target,
-    unrepaired,
-)
+from vhdtool.disk.findings import Report, Target
 from vhdtool.disk.inspect import inspect_open
 from vhdtool.disk.partitions import Layout, to_dict
 from vhdtool.disk.vhd_rules.source import open_for_check
 from vhdtool.disk.vhd_rules.structure import Inspection
 from vhdtool.redaction import redact
 from vhdtool.workflows.check.layout import inspection_layout
-from vhdtool.workflows.check.target_rules import check_azure, check_generation, check_interop, disk_create
+from vhdtool.workflows.check.target_rules import (
+    check_azure,
+    check_interop,
+    check_targets,
+)
 
 
 def run_checks(path: str | os.PathLike, target: Target) -> Report:
@@ -41,9 +39,8 @@ def run_checks(path: str | os.PathLike, target: Target) -> Report:
 
                 return check_vhdx(report, path)
             if fmt not in READABLE:  # say what it is and how to convert it, not "no footer"
-                report = inspection.report
-                report.findings.clear()
-                report.add("file.format", unsupported(report.path, fmt).detail)
+                inspection.report.findings.clear()
+                inspection.report.add("file.format", unsupported(report.path, fmt).detail)
         # The partition table matters to Azure targets only: a generic check reads no more.
         wanted = target != Target.GENERIC and inspection.report.usable
         layout = inspection_layout(inspection) if wanted else None
@@ -76,12 +73,3 @@ def add_target_rules(
             check_targets(report, target, footer.current_size, layout)
     return report
 
-
-def check_targets(report: Report, target: Target, virtual_size: int, layout: Layout | None) -> None:
-    """The rules of every image format for an Azure target: generation, and for a managed disk
-    the `az disk create` line, for the image `vhdtool prepare` makes (offered only when no
-    error remains that prepare does not repair)."""
-    check_generation(report, layout)
-    repaired = REPAIRED_BY_CONVERSION | REPAIRED_BY_ALIGNMENT | {"azure.too-small"}  # prepared_size
-    if target == Target.AZURE_MANAGED_DISK and not unrepaired(report, repaired):
-        disk_create(report, virtual_size, layout)

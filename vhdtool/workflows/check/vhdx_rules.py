@@ -9,7 +9,7 @@ from vhdtool.disk.findings import Report, Target
 from vhdtool.disk.partitions import read_layout, to_dict
 from vhdtool.disk.vhdx import VhdxDisk, examine_vhdx
 from vhdtool.disk.vhdx_errors import VhdxError
-from vhdtool.workflows.check.target_rules import prepare_command
+from vhdtool.workflows.check.target_rules import check_targets, prepare_command
 
 
 def check_vhdx(report: Report, path: Path) -> Report:
@@ -26,8 +26,6 @@ def vhdx_report(
 ) -> Report:
     """The findings of an examined VHDX (`refusal`: why it cannot be read, if it cannot).
     The partition table is read for Azure targets (as for a VHD), or when `layout` says so."""
-    from vhdtool.workflows.check.run import check_targets
-
     report.format = "vhdx"
     report.file_size = disk.file_size
     if hasattr(disk, "has_parent"):  # the metadata was read
