@@ -42,7 +42,13 @@ def run_fix(fix: str, cwd: Path) -> None:
 def test_windows_fixed_10m_passes_azure():
     proc = vhdtool("check", str(FIXTURES / "windows-fixed-10m.vhd"))
     assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.splitlines()[1:] == ["  no findings", "verdict: OK for target azure: 0 errors, 0 warnings"]
+    # No partition table: the one thing it cannot say is the Hyper-V generation to boot it with.
+    assert proc.stdout.splitlines()[1:] == [
+        "  warning partitions.generation-unknown  the Hyper-V generation cannot be told from the partition table "
+        "(no partition table: the boot firmware cannot be told): a disk created with the wrong --hyper-v-generation "
+        "does not boot",
+        "verdict: OK for target azure: 0 errors, 1 warning",
+    ]
 
 
 def test_windows_dynamic_fails_with_fixed_format_error_and_prepare_hint():
@@ -51,9 +57,10 @@ def test_windows_dynamic_fails_with_fixed_format_error_and_prepare_hint():
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert [(f["code"], f["severity"], f["fix"]) for f in data["findings"]] == [
-        ("azure.not-fixed", "error", f"vhdtool prepare {path}")
+        ("azure.not-fixed", "error", f"vhdtool prepare {path}"),
+        ("partitions.generation-unknown", "warning", None),
     ]
-    assert data["exit_code"] == 1 and data["counts"] == {"error": 1, "warning": 0, "info": 0}
+    assert data["exit_code"] == 1 and data["counts"] == {"error": 1, "warning": 1, "info": 0}
 
 
 def test_qemu_img_1g_fixed_fails_mib_alignment(tmp_path):
@@ -65,7 +72,8 @@ def test_qemu_img_1g_fixed_fails_mib_alignment(tmp_path):
     assert lines[1].split()[:2] == ["error", "azure.size-not-mib"]
     assert "the virtual size is 1,073,995,776 bytes (1024.24 MiB), not a whole number of MiB" in lines[1]
     assert lines[2].split("fix: ")[1] == f"vhdtool resize --align {path}"
-    assert lines[3] == "verdict: FAIL for target azure: 1 error, 0 warnings"
+    assert lines[3].split()[:2] == ["warning", "partitions.generation-unknown"]
+    assert lines[4] == "verdict: FAIL for target azure: 1 error, 1 warning"
 
 
 def test_text_rendering_of_a_dynamic_image():
@@ -73,10 +81,13 @@ def test_text_rendering_of_a_dynamic_image():
     path = FIXTURES / "windows-dynamic-10m.vhd"
     assert render_text(report) == [
         f"{path} (target azure): dynamic VHD, virtual size 10 MiB, file 4,197,888 bytes",
-        "  error   azure.not-fixed  this is a dynamic VHD; Azure takes only fixed-format VHDs as disks "
-        "(dynamic and differencing images are rejected, often only after the upload)",
-        f"                           fix: vhdtool prepare {path}",
-        "verdict: FAIL for target azure: 1 error, 0 warnings",
+        "  error   azure.not-fixed                this is a dynamic VHD; Azure takes only fixed-format VHDs as "
+        "disks (dynamic and differencing images are rejected, often only after the upload)",
+        f"                                         fix: vhdtool prepare {path}",
+        "  warning partitions.generation-unknown  the Hyper-V generation cannot be told from the partition table "
+        "(no partition table: the boot firmware cannot be told): a disk created with the wrong --hyper-v-generation "
+        "does not boot",
+        "verdict: FAIL for target azure: 1 error, 1 warning",
     ]
 
 
@@ -173,8 +184,8 @@ def test_fixed_1tib_reads_footer_and_first_sector_only(tmp_path, reads):
     start = time.perf_counter()
     report = check_image(path, Target.AZURE)
     elapsed = time.perf_counter() - start
-    assert report.codes == [] and report.exit_code == 0
-    assert sorted(reads) == [(0, 512), (TiB, 512)]
+    assert report.codes == ["partitions.generation-unknown"] and report.exit_code == 0
+    assert sorted(reads) == [(0, 512), (0, 512), (TiB, 512)]  # the head copy, the MBR, the footer
     assert elapsed < 0.25
 
 
@@ -223,7 +234,7 @@ def test_blob_limits(target, blob, code):
 def test_timestamp_tolerates_vhd_util_slack(tmp_path, ahead, flagged):
     path = tmp_path / "t.vhd"
     make_corpus.fixed(path, timestamp=now() + ahead)
-    assert check_image(path).codes == (["footer.timestamp-future"] if flagged else [])
+    assert check_image(path, Target.GENERIC).codes == (["footer.timestamp-future"] if flagged else [])
 
 
 def test_check_agrees_with_qemu_size_rule(tmp_path):
@@ -232,7 +243,7 @@ def test_check_agrees_with_qemu_size_rule(tmp_path):
     make_corpus.fixed(path, 5 * GiB, creator_application=b"vpc ")
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", str(path)],
                                      capture_output=True, text=True, check=True).stdout)
-    (warning,) = check_image(path).findings
+    (warning,) = check_image(path, Target.GENERIC).findings
     assert warning.code == "qemu.chs-size"
     assert info["virtual-size"] == 5_368_430_592
     assert "reads this disk as 5,368,430,592 bytes (geometry 10402/16/63 x 512) while the footer says 5,368,709,120" in warning.message
@@ -244,10 +255,10 @@ def test_check_agrees_with_qemu_size_rule(tmp_path):
 def test_resize_fix_makes_qemu_image_pass(tmp_path):
     path = tmp_path / "X.vhd"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat=fixed", str(path), "1G"], check=True)
-    (finding,) = check_image(path).findings
+    finding, _ = check_image(path).findings  # and partitions.generation-unknown: no table
     run_fix(finding.fix, tmp_path)
     after = check_image(path)
-    assert after.codes == [] and after.virtual_size == 1025 * MiB
+    assert after.codes == ["partitions.generation-unknown"] and after.virtual_size == 1025 * MiB
 
 
 def test_convert_fix_removes_qemu_size_disagreement_of_dynamic_image(tmp_path):
@@ -263,7 +274,7 @@ def test_convert_fix_removes_qemu_size_disagreement_of_dynamic_image(tmp_path):
 def test_managed_disk_size_fix_makes_image_pass(tmp_path):
     path = tmp_path / "small.vhd"
     create(path, 10 * MiB, DiskType.FIXED)
-    (finding,) = check_image(path, Target.AZURE_MANAGED_DISK).findings
+    finding = check_image(path, Target.AZURE_MANAGED_DISK).findings[0]
     assert finding.code == "azure.too-small"
     run_fix(finding.fix, tmp_path)
-    assert check_image(path, Target.AZURE_MANAGED_DISK).codes == []
+    assert check_image(path, Target.AZURE_MANAGED_DISK).codes == ["partitions.generation-unknown", "azure.disk-create"]

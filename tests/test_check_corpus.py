@@ -109,11 +109,21 @@ def test_corpus_is_large_and_every_image_is_specified(corpus):
     assert len(images) >= 30
 
 
+# What check adds for every Azure target besides the rules this corpus damages: the
+# generation (these images hold no partition table) and, for a managed disk, the az disk create
+# line. Both are tested in test_info_partitions.py and test_check_vhdx.py.
+ADVICE = {"partitions.generation-unknown", "azure.disk-create"}
+
+
+def structural(codes) -> set[str]:
+    return set(codes) - ADVICE
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_image_gets_its_findings(corpus, name):
     target, codes, exit_code = EXPECTED[name]
     report = check_image(corpus / name, target)
-    assert set(report.codes) == codes, [f.message for f in report.findings]
+    assert structural(report.codes) == codes, [f.message for f in report.findings]
     assert report.exit_code == exit_code
 
 
@@ -124,7 +134,7 @@ def test_cli_json_matches_and_never_raises(corpus, name):
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == exit_code
     data = json.loads(result.stdout)
-    assert {f["code"] for f in data["findings"]} == codes
+    assert structural(f["code"] for f in data["findings"]) == codes
     assert data["exit_code"] == exit_code
 
 

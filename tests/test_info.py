@@ -88,8 +88,10 @@ def test_info_reads_only_the_footer_of_a_fixed_image(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "preadv", lambda *a: pytest.fail("preadv of image data"))
     data = describe(str(path))
     assert data["virtual_size"] == 3 * 1024**4 // 2
-    # the footer, and the first sector (check's fixed.head-cookie rule)
-    assert reads == [(512, path.stat().st_size - 512), (512, 0)]
+    # the footer, the first sector (check's fixed.head-cookie rule), and the MBR (no partition
+    # table: no signature, nothing more read)
+    assert reads == [(512, path.stat().st_size - 512), (512, 0), (512, 0)]
+    assert data["partitions"]["scheme"] is None
 
 
 def test_damaged_image_shows_its_fields_and_findings_exit_1(tmp_path):

@@ -40,6 +40,7 @@ CODES: dict[str, Severity] = {
     "file.empty": E,
     "file.too-small": E,
     "file.length": E,
+    "file.format": E,  # qcow2, VMDK, VDI: recognised, not read (disk/sniff.py)
     # Footer
     "footer.missing": E,
     "footer.cookie": E,
@@ -91,15 +92,58 @@ CODES: dict[str, Severity] = {
     "parent.cycle": E,
     "parent.invalid": E,
     "parent.chain": I,
+    # VHDX (disk/vhdx.py, vhdx_parent.py, vhdx_log.py): refusals are errors that change content
+    "vhdx.not-vhdx": E,
+    "vhdx.truncated": E,
+    "vhdx.malformed": E,
+    "vhdx.header-checksum": W,
+    "vhdx.headers-invalid": E,
+    "vhdx.header-version": E,
+    "vhdx.log-replayed": W,
+    "vhdx.log-not-replayable": E,
+    "vhdx.region-checksum": W,
+    "vhdx.regions-invalid": E,
+    "vhdx.region-unknown": I,
+    "vhdx.region-unknown-required": E,
+    "vhdx.region-duplicate": E,
+    "vhdx.region-alignment": E,
+    "vhdx.region-past-eof": E,
+    "vhdx.region-missing": E,
+    "vhdx.metadata-table": E,
+    "vhdx.metadata-out-of-bounds": E,
+    "vhdx.metadata-unknown": I,
+    "vhdx.metadata-unknown-required": E,
+    "vhdx.metadata-duplicate": E,
+    "vhdx.metadata-item-size": E,
+    "vhdx.metadata-missing": E,
+    "vhdx.block-size": E,
+    "vhdx.sector-size": E,
+    "vhdx.virtual-size": E,
+    "vhdx.logical-sector-4k": W,
+    "vhdx.bat-too-small": E,
+    "vhdx.bat-state": E,
+    "vhdx.bat-in-header": E,
+    "vhdx.bat-past-eof": E,
+    "vhdx.bitmap-missing": E,
+    "vhdx.parent-locator": E,
+    "vhdx.parent-not-found": E,
+    "vhdx.parent-mismatch": E,
+    "vhdx.parent-format": E,
+    "vhdx.parent-cycle": E,
+    # Partition table (disk/partitions.py), for azure targets
+    "partitions.generation": I,
+    "partitions.generation-unknown": W,
     # Interoperability and targets
     "qemu.chs-size": W,
     "size.over-2040gib": W,
+    "azure.not-vhd": E,
     "azure.not-fixed": E,
     "azure.size-not-mib": E,
     "azure.file-length": E,
     "azure.blob-length": E,
     "azure.too-small": E,
     "azure.too-large": E,
+    "azure.disk-create": I,
 }
 
 # The input cannot be checked at all: not a file, unreadable, or no VHD in it.
@@ -112,6 +156,7 @@ UNUSABLE_CODES = frozenset(
         "file.read-error",
         "file.empty",
         "file.too-small",
+        "file.format",
         "footer.missing",
     }
 )
@@ -146,7 +191,8 @@ CHANGES_CONTENT = frozenset(
         "parent.cycle",
         "parent.invalid",
     }
-)
+    # Every VHDX error is a refusal of the reader (VhdxError, disk/vhdx.py): none is read around.
+) | frozenset(code for code, severity in CODES.items() if code.startswith("vhdx.") and severity == E)
 
 
 @dataclass(frozen=True)
@@ -155,7 +201,7 @@ class Finding:
     severity: Severity
     message: str
     fix: str | None = None  # the vhdtool command that fixes it, when there is one
-    numbers: dict[str, int] = field(default_factory=dict)  # the message's numbers, for --json
+    numbers: dict[str, int | str] = field(default_factory=dict)  # the message's numbers, for --json
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "severity": self.severity.value, "message": self.message, "fix": self.fix,
@@ -172,8 +218,11 @@ class Report:
     disk_type: str | None = None  # "fixed", "dynamic", "differencing", or None if unknown
     virtual_size: int | None = None
     file_size: int | None = None
+    format: str = "vhd"  # "vhd" or "vhdx"
+    partitions: dict[str, Any] | None = None  # disk/partitions.py to_dict, when the disk could be read
+    az_disk_create: dict[str, Any] | None = None  # target azure-managed-disk: the az disk create line
 
-    def add(self, code: str, message: str, fix: str | None = None, **numbers: int) -> None:
+    def add(self, code: str, message: str, fix: str | None = None, **numbers: int | str) -> None:
         self.findings.append(Finding(code, CODES[code], message, fix, numbers))
 
     @property
@@ -215,6 +264,9 @@ class Report:
             "disk_type": self.disk_type,
             "virtual_size": self.virtual_size,
             "file_size": self.file_size,
+            "format": self.format,
+            "partitions": self.partitions,
+            "az_disk_create": self.az_disk_create,
             "findings": [f.to_dict() for f in self.findings],
             "counts": {s.value: self.count(s) for s in Severity},
             "verdict": self.verdict,
@@ -225,7 +277,9 @@ class Report:
 # `check --target azure` errors that writing the image out as a fixed VHD repairs by itself
 # (prepare, upload), and those that rounding the size up to whole MiB repairs (prepare always,
 # upload with --align). Any other error is damage a conversion would carry into the new image.
-REPAIRED_BY_CONVERSION = frozenset({"azure.not-fixed", "azure.file-length", "azure.blob-length"})
+REPAIRED_BY_CONVERSION = frozenset(
+    {"azure.not-vhd", "azure.not-fixed", "azure.file-length", "azure.blob-length", "vhdx.logical-sector-4k"}
+)
 REPAIRED_BY_ALIGNMENT = frozenset({"azure.size-not-mib", "footer.size-unaligned"})
 
 

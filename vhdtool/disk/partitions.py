@@ -331,18 +331,25 @@ def to_dict(layout: Layout) -> dict[str, Any]:
 
 def render_lines(layout: Layout) -> list[str]:
     """For `info` / `check` text output."""
-    if layout.scheme is None:
+    return render_dict(to_dict(layout))
+
+
+def render_dict(layout: dict[str, Any]) -> list[str]:
+    """render_lines of what to_dict made (info's text is printed from its JSON-able data)."""
+    if layout["scheme"] is None:
         lines = ["partition table: none"]
     else:
-        count = len(layout.partitions)
-        lines = [f"partition table: {layout.scheme.upper()}, {layout.sector_size}-byte sectors, "
+        count = len(layout["partitions"])
+        lines = [f"partition table: {layout['scheme'].upper()}, {layout['sector_size']}-byte sectors, "
                  f"{count} partition{'s' * (count != 1)}"]
-    for p in layout.partitions:
-        flags = (" active" if p.bootable else "") + (f' "{p.name}"' if p.name else "")
-        lines.append(f"  {p.index:>3}  start {p.start:>15,}  size {format_size(p.size)}  {p.type_name}{flags}")
-    lines.append(f"generation: {layout.generation or 'unknown'} ({layout.reasons[0]})")
-    lines.append(f"os: {layout.os_hint or 'unknown'} ({layout.reasons[1]})")
-    lines += [f"partition table problem: {problem}" for problem in layout.problems]
+    for p in layout["partitions"]:
+        flags = (" active" if p["bootable"] else "") + (f' "{p["name"]}"' if p["name"] else "")
+        lines.append(f"  {p['index']:>3}  start {p['start']:>15,}  size {format_size(p['size'])}  "
+                     f"{p['type_name']}{flags}")
+    boot_reason, os_reason = layout["reasons"]
+    lines.append(f"generation: {layout['generation'] or 'unknown'} ({boot_reason})")
+    lines.append(f"os: {layout['os_hint'] or 'unknown'} ({os_reason})")
+    lines += [f"partition table problem: {problem}" for problem in layout["problems"]]
     return lines
 
 

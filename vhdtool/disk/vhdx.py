@@ -222,23 +222,38 @@ class VhdxDisk(Disk):
 
 def open_vhdx(path: str | os.PathLike, *, _chain: tuple[Path, ...] = ()) -> VhdxDisk:
     """Open `path` read-only as a VHDX virtual disk (its parents too, for a differencing file)."""
+    disk, refusal = examine_vhdx(path, _chain=_chain)
+    if refusal is not None:
+        disk.close()
+        raise refusal
+    return disk
+
+
+def examine_vhdx(
+    path: str | os.PathLike, *, _chain: tuple[Path, ...] = ()
+) -> tuple[VhdxDisk, VhdxError | None]:
+    """Read `path` as far as it can be read: the disk, with every structure decoded before
+    the first refusal, and that refusal (None: the disk is open and readable). `info` and
+    `check` show a damaged file this way; the caller closes the disk."""
     path = Path(path)
     fd, st = open_readonly(path)
     disk = VhdxDisk(path, fd, st)
     try:
         try:
             _read_structure(disk)
+            if disk.has_parent:
+                from vhdtool.disk.vhdx_parent import (
+                    open_parent,  # it opens parents with open_vhdx
+                )
+
+                disk.parent = open_parent(disk, _chain + (path.resolve(),))
+        except VhdxError as exc:
+            return disk, exc
         except FormatError as exc:
             if exc.path is None:  # raised by a format declaration, which knows no file name
-                raise VhdxError("vhdx.malformed", exc.detail, path) from None
+                return disk, VhdxError("vhdx.malformed", exc.detail, path)
             raise
-        if disk.has_parent:
-            from vhdtool.disk.vhdx_parent import (
-                open_parent,  # it opens parents with open_vhdx
-            )
-
-            disk.parent = open_parent(disk, _chain + (path.resolve(),))
-        return disk
+        return disk, None
     except BaseException:
         disk.close()
         raise

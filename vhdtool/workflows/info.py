@@ -1,4 +1,5 @@
-"""`vhdtool info`: every footer and header field decoded, plus sizes and the parent chain."""
+"""`vhdtool info`: every footer and header field decoded, sizes, the parent chain and the
+partition table (a VHDX: workflows/info_vhdx.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from construct import Container
 
 from vhdtool.disk.file import open_readonly, raw_by_name
 from vhdtool.disk.inspect import inspect_open
-from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
 from vhdtool.disk.parents import locator_paths
+from vhdtool.disk.partitions import read_layout, to_dict
+from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
 from vhdtool.errors import FormatError, NotVhdError
 from vhdtool.format.vhd.footer import (
     COOKIE,
@@ -33,6 +35,8 @@ from vhdtool.format.vhd.header import (
     parent_name,
 )
 from vhdtool.format.vhd.timestamp import to_iso
+from vhdtool.workflows.check.layout import FlatView, inspection_layout
+from vhdtool.workflows.check.run import sniff_format
 
 if TYPE_CHECKING:
     from vhdtool.azure.location import Access
@@ -41,22 +45,36 @@ if TYPE_CHECKING:
 def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
     """Everything `info` shows, as plain JSON-able data. A damaged image shows every field
     that could be decoded plus its structural findings and exit code 1 (as qemu-img info);
-    only a file that holds no VHD at all is an error."""
+    only a file that holds no VHD or VHDX at all is an error."""
     path_ = Path(path)
     fd, st = open_readonly(path_)
     if raw:
-        os.close(fd)
-        return file_fields(path_, "raw", st.st_size, st)
+        try:
+            return raw_fields(path_, fd, st)
+        finally:
+            os.close(fd)
     inspection = inspect_open(path_, fd, st)
     try:
         report = inspection.report
-        if inspection.found is None:  # no footer: raw by convert's name rule, else nothing to show but why
+        if inspection.found is None:  # no footer: a VHDX, another format, or raw by its name
+            from vhdtool.disk.sniff import READABLE, unsupported
+
+            fmt = sniff_format(inspection)
+            if fmt == "vhdx":
+                from vhdtool.workflows.info_vhdx import describe_vhdx
+
+                return describe_vhdx(path_)
+            if fmt not in READABLE:
+                raise unsupported(path_, fmt)
             if raw_by_name(path_):
-                return file_fields(path_, "raw", st.st_size, st)
+                return raw_fields(path_, inspection.fd, st)
             refuse_unreadable(inspection)
         out = describe_file(inspection)
         if inspection.parent is not None:
             out["parent_chain"] = [describe_file(p) for p in inspection.chain()[1:]]
+        layout = inspection_layout(inspection)
+        if layout is not None:
+            out["partitions"] = to_dict(layout)
         problems = [f.to_dict() for f in report.findings if f.code != "parent.chain"]
         if problems:
             out["findings"] = problems
@@ -64,6 +82,13 @@ def describe(path: str, *, raw: bool = False) -> dict[str, Any]:
         return out
     finally:
         inspection.close()
+
+
+def raw_fields(path: Path, fd: int, st: os.stat_result) -> dict[str, Any]:
+    """A raw image: its sizes and partition table."""
+    out = file_fields(path, "raw", st.st_size, st)
+    out["partitions"] = to_dict(read_layout(FlatView(fd, st.st_size)))
+    return out
 
 
 def describe_blob(url: str, access: Access | None = None) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from typing import Any
 
 import typer
 
+from vhdtool.disk.partitions import render_dict
 from vhdtool.units import format_size
 
 _SIZE_KEYS = {"virtual_size", "file_size", "allocated_on_disk", "original_size", "current_size",
-              "capacity", "block_size", "qemu_7_2_virtual_size"}
+              "capacity", "block_size", "qemu_7_2_virtual_size", "virtual_disk_size"}
 
 
 def value_text(key: str, value: Any) -> str:
@@ -30,7 +31,7 @@ def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
     typer.echo(f"{pad}{title}")
     width = max((len(k) for k in rows), default=0)
     for key, value in rows.items():
-        if isinstance(value, list):
+        if isinstance(value, (list, dict)) and key != "geometry":
             continue
         label = _LABELS.get(key, key.replace("_", " "))
         typer.echo(f"{pad}  {label:<{width}}  {value_text(key, value)}")
@@ -39,6 +40,8 @@ def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
 def print_info(data: dict[str, Any]) -> None:
     summary = {k: v for k, v in data.items() if not isinstance(v, (dict, list)) and k != "exit_code"}
     print_table(f"{data['path']}", summary)
+    if data["type"] == "vhdx":
+        print_vhdx(data)
     if "footer" in data:
         print_table("Footer", data["footer"])
     if "dynamic_header" in data:
@@ -53,9 +56,43 @@ def print_info(data: dict[str, Any]) -> None:
                                                  if not isinstance(v, (dict, list))})
         if "footer" in parent:
             typer.echo(f"  unique id  {parent['footer']['unique_id']}")
+        if "headers" in parent:
+            typer.echo(f"  data write guid  {current_header(parent)['data_write_guid']}")
+    if "partitions" in data:
+        typer.echo("Partitions")
+        for line in render_dict(data["partitions"]):
+            typer.echo(f"  {line}")
     findings = data.get("findings", [])
     if findings:
         typer.echo("Findings (vhdtool check explains each)")
         width = max(len(f["code"]) for f in findings)
         for f in findings:
             typer.echo(f"  {f['severity']:<7} {f['code']:<{width}}  {f['message']}")
+
+
+def current_header(data: dict[str, Any]) -> dict[str, Any]:
+    return next((h for h in data["headers"] if h["current"]), data["headers"][0])
+
+
+def print_vhdx(data: dict[str, Any]) -> None:
+    """The VHDX structures info_vhdx decoded, in file order."""
+    for h in data.get("headers", []):
+        state = ("current" if h["current"] else "valid") if h["valid"] else "damaged"
+        print_table(f"Header {h['number']} at {h['offset']:,} ({state})",
+                    {k: v for k, v in h.items() if k not in ("number", "offset", "valid", "current")})
+    if "regions" in data:
+        typer.echo("Region table")
+        for r in data["regions"]:
+            required = ", required" if r["required"] else ""
+            typer.echo(f"  {r['name']:<8} {r['guid']}  at {r['file_offset']:,}, {format_size(r['length'])}{required}")
+    if "metadata" in data:
+        print_table("Metadata", data["metadata"])
+        locator = data["metadata"].get("parent_locator")
+        if locator:
+            typer.echo(f"  parent locator ({locator['locator_type']})")
+            for key, value in locator["entries"].items():
+                typer.echo(f"    {key}: {value}")  # as stored: Windows paths keep their backslashes
+    if "bat" in data:
+        bat = data["bat"]
+        states = ", ".join(f"{n} {state}" for state, n in bat["block_states"].items() if n)
+        print_table("BAT", {**bat, "blocks_by_state": states or "none"})

@@ -1,4 +1,4 @@
-"""`vhdtool check`: structural validation and Azure suitability of a VHD, all findings at once.
+"""`vhdtool check`: structural validation and Azure suitability of a VHD or VHDX, all findings at once.
 
 The structural rules live in vhdtool.disk (the reader acts on the same findings); this
 package adds the target rules (Azure, interoperability) and renders the report.
@@ -47,5 +47,10 @@ def disk_report(disk: Disk, target: Target | str = Target.AZURE) -> Report:
     file again (the structural findings came with the disk)."""
     from vhdtool.workflows.check.run import add_target_rules
 
+    if disk.kind == "vhdx":
+        from vhdtool.redaction import redact
+        from vhdtool.workflows.check.vhdx_rules import vhdx_report
+
+        return vhdx_report(Report(redact(str(disk.path)), Target(target)), disk, None)
     return add_target_rules(replace(disk.findings, findings=list(disk.findings.findings)), disk.footer,
                             disk.file_size, Target(target))

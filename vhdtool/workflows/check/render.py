@@ -10,7 +10,8 @@ def summary(report: Report) -> str:
     head = f"{report.path} (target {report.target.value})"
     if report.virtual_size is None:
         return head
-    kind = f"{report.disk_type} VHD" if report.disk_type else "VHD of unknown type"
+    fmt = report.format.upper()
+    kind = f"{report.disk_type} {fmt}" if report.disk_type else f"{fmt} of unknown type"
     return f"{head}: {kind}, virtual size {format_size(report.virtual_size)}, file {report.file_size:,} bytes"
 
 

@@ -11,8 +11,23 @@ from pathlib import Path
 
 from construct import Container
 
-from vhdtool.disk.findings import Report, Severity, Target
-from vhdtool.format.vhd.footer import FOOTER_SIZE, MAX_VHD_SIZE, DiskType, creator_text, geometry, qemu_7_2_size
+from vhdtool.disk.findings import (
+    REPAIRED_BY_ALIGNMENT,
+    REPAIRED_BY_CONVERSION,
+    Report,
+    Severity,
+    Target,
+    unrepaired,
+)
+from vhdtool.disk.partitions import Layout, generation_findings
+from vhdtool.format.vhd.footer import (
+    FOOTER_SIZE,
+    MAX_VHD_SIZE,
+    DiskType,
+    creator_text,
+    geometry,
+    qemu_7_2_size,
+)
 
 MiB = 1024**2
 TiB = 1024**4
@@ -121,7 +136,9 @@ def check_azure(report: Report, target: Target, footer: Container, file_size: in
             prepare,
         )
     if size % MiB:
-        from vhdtool import ranges  # numpy: not needed to check a fixed image that is whole MiB
+        from vhdtool import (
+            ranges,  # numpy: not needed to check a fixed image that is whole MiB
+        )
 
         up = ranges.round_up(size, MiB)
         report.add(
@@ -169,3 +186,50 @@ def check_blob_limits(report: Report, target: Target, blob: int, *, fixable: boo
             f"{limits.maximum:,} bytes",
             blob_size=blob, maximum=limits.maximum,
         )
+
+
+def check_generation(report: Report, layout: Layout | None) -> None:
+    """Which --hyper-v-generation the disk boots with (disk/partitions.py), or a warning."""
+    if layout is None:
+        return
+    for finding in generation_findings(layout):
+        report.add(finding.code, finding.message, finding.fix)
+
+
+def disk_create(report: Report, virtual_size: int, layout: Layout | None) -> None:
+    """The `az disk create --for-upload` line for the fixed VHD `vhdtool prepare` would make
+    (its size rounded as prepare rounds it, + the 512-byte footer): managed-disk upload needs
+    the empty disk created at exactly that size (../shared/reference/azure-managed-disks.md)."""
+    from vhdtool.workflows.prepare import (
+        prepared_size,  # the one rounding rule; engine imports
+    )
+
+    upload_size = prepared_size(virtual_size, Target.AZURE_MANAGED_DISK) + FOOTER_SIZE
+    generation = layout.generation if layout is not None else None
+    words = ["az", "disk", "create", "-g", "RG", "-n", "NAME", "--for-upload",
+             "--upload-size-bytes", str(upload_size)]
+    if generation:
+        words += ["--hyper-v-generation", generation]
+        note = f"the disk boots as Generation {generation[1]}"
+    else:
+        note = ("no --hyper-v-generation: the partition table does not tell the generation; add "
+                "V1 (BIOS) or V2 (UEFI) as the OS in the image boots")
+    line = " ".join(words)
+    report.az_disk_create = {"command": line, "upload_size_bytes": upload_size, "hyper_v_generation": generation}
+    report.add(
+        "azure.disk-create",
+        f"create the managed disk to upload into with {upload_size:,} bytes (the fixed VHD "
+        f"`vhdtool prepare` makes: {upload_size - FOOTER_SIZE:,} bytes + the 512-byte footer); {note}",
+        line,
+        upload_size_bytes=upload_size,
+    )
+
+
+def check_targets(report: Report, target: Target, virtual_size: int, layout: Layout | None) -> None:
+    """The rules of every image format for an Azure target: generation, and for a managed disk
+    the `az disk create` line, for the image `vhdtool prepare` makes (offered only when no
+    error remains that prepare does not repair)."""
+    check_generation(report, layout)
+    repaired = REPAIRED_BY_CONVERSION | REPAIRED_BY_ALIGNMENT | {"azure.too-small"}  # prepared_size
+    if target == Target.AZURE_MANAGED_DISK and not unrepaired(report, repaired):
+        disk_create(report, virtual_size, layout)
