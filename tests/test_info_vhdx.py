@@ -103,7 +103,7 @@ def test_text_output_shows_each_structure(vhdx, cli):
                  "  logical sector size     512", "    relative_path: .\\diff-base.vhdx",
                  "  blocks by state         3 not_present, 1 fully_present, 2 partially_present",
                  f"Parent {vhdx['diff-base']}", "  partition table: none"]:
-        assert any(l.startswith(line) for l in out.splitlines()), line
+        assert any(shown.startswith(line) for shown in out.splitlines()), line
 
 
 def test_4096_byte_sectors_and_a_replayed_log_are_shown(vhdx):

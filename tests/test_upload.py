@@ -577,16 +577,6 @@ def test_managed_disk_sigkill_then_resume_from_the_journal(azurite, container, t
     assert list((state_home / "vhdtool").iterdir()) == []
 
 
-def test_az_disk_create_line_names_the_upload_size() -> None:
-    from vhdtool.workflows.upload import az_disk_create, upload_size_bytes
-
-    size = upload_size_bytes(KINDS["dynamic"])
-    assert size == len(image_bytes(KINDS["dynamic"])) == 10 * MiB + 512
-    assert az_disk_create(size) == f"az disk create -g RG -n NAME --for-upload --upload-size-bytes {size}"
-    assert az_disk_create(size, "V2", "rg1", "disk1").endswith(f"-g rg1 -n disk1 --for-upload "
-                                                               f"--upload-size-bytes {size} --hyper-v-generation V2")
-
-
 def test_journal_is_keyed_by_the_source_and_never_follows_a_link(tmp_path, state_home) -> None:
     from vhdtool.errors import VhdError
     from vhdtool.workflows.journal import Journal

@@ -25,7 +25,7 @@ def describe_vhdx(path: Path) -> dict[str, Any]:
         report = vhdx_report(Report(redact(str(path)), Target.GENERIC), disk, refusal, layout=True)
         out = vhdx_fields(disk)
         if disk.parent is not None:
-            out["parent_chain"] = [vhdx_fields(p) for p in disk.chain()[1:]]
+            out["parent_chain"] = [vhdx_fields(p) for p in disk.chain()[1:] if isinstance(p, VhdxDisk)]
         if report.partitions is not None:
             out["partitions"] = report.partitions
         if report.findings:

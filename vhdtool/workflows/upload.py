@@ -479,22 +479,6 @@ def to_managed_disk(blob: PageBlob, image: FixedImage, options: UploadOptions, r
         journal.close()
 
 
-def upload_size_bytes(path: str | Path, align: bool = False) -> int:
-    """The size of the managed disk `upload` fills with the image at `path`: the fixed VHD's,
-    virtual size + 512 for the footer (`az disk create --upload-size-bytes`)."""
-    with open_disk(Path(path)) as disk:
-        return fixed_image(disk, align).virtual_size
-
-
-def az_disk_create(size: int, hyper_v_generation: str | None = None, resource_group: str = "RG",
-                   name: str = "NAME") -> str:
-    """The `az disk create` line of a managed disk for an upload of `size` bytes
-    (`upload_size_bytes`); `hyper_v_generation` V1 (BIOS/MBR) or V2 (UEFI/GPT), which cannot
-    be changed once the disk exists."""
-    generation = f" --hyper-v-generation {hyper_v_generation}" if hyper_v_generation else ""
-    return f"az disk create -g {resource_group} -n {name} --for-upload --upload-size-bytes {size}{generation}"
-
-
 def patch_since(blob: PageBlob, image: FixedImage, identity: SourceIdentity, old: FixedImage,
                 options: UploadOptions, result: UploadResult) -> None:
     """Turn the blob, which holds OLD (as uploaded by vhdtool), into this image: only the pages

@@ -36,6 +36,7 @@ def inspection_layout(inspection: Inspection) -> Layout | None:
     except VhdError:
         return None
     footer = inspection.footer
+    assert footer is not None  # refuse_unreadable refuses a file without one
     if footer.disk_type == DiskType.FIXED:
         return read_layout(FlatView(inspection.fd, footer.current_size))
     from vhdtool.disk.image import (

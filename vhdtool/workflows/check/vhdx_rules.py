@@ -34,6 +34,7 @@ def vhdx_report(
     sound = refusal is None
     fix = prepare_command(report.path, report.target) if azure and sound else None
     for source in disk.chain():
+        assert isinstance(source, VhdxDisk)  # a VHDX's parents are VHDX (vhdx_parent refuses others)
         where = "" if source is disk else f"parent {source.path}: "
         for f in source.findings:
             # Azure needs 512-byte sectors: prepare writes them (spec 2.6.2.4; Azure VHD rules).
