@@ -103,6 +103,6 @@ def write_fixed(path: Path, size: int, percent: float, *, dense: bool) -> Image:
 
 def qemu_dynamic(fixed: Path, path: Path) -> Image:
     """A dynamic VHD made by qemu-img from a fixed one (blocks laid out as QEMU writes them)."""
-    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", "-t", "writeback",
-                    str(fixed), str(path)], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
+                    "-t", "writeback", str(fixed), str(path)], check=True, capture_output=True)
     return Image("dynamic", path)
