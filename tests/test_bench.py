@@ -343,6 +343,17 @@ def test_runner_writes_results_and_chart_from_the_scripts_json(tmp_path) -> None
     assert (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runner_only_runs_the_scripts_named_and_says_so(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    runner = runner_in(tmp_path)
+    done = subprocess.run([sys.executable, str(runner), "--only", "fake"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the broken script was not run
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "Scripts run: bench_fake.py." in results and "bench_broken" not in results
+    unknown = subprocess.run([sys.executable, str(runner), "--only", "fake,nope"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "run_all.py: error: no benchmark named nope"
+
+
 def test_runner_without_matplotlib_says_how_to_install(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(runner_in(tmp_path))], capture_output=True, text=True,
                           env=fake_matplotlib(tmp_path))
