@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The engine at scale: snapshot and convert on disks of real size, cold and warm, against
-peers that flush, beside this machine's floor.
+"""Snapshot and convert on disks of real size, cold and warm, against flushing peers.
+
+Beside the peers, this machine's floor for the same bytes (issue 17).
 
 Cases (issue #17), generated on the fly in the scratch folder and deleted afterwards:
   dense:   snapshot of a fixed VHD of SIZE/2 with every byte written (as Hyper-V writes it),
@@ -70,8 +71,8 @@ def drop_caches() -> None:
 
 
 def warm(path: Path) -> None:
-    """Read the file's data into the page cache (holes cost nothing)."""
-    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+    """Read the file's data extents into the page cache (cat would read the holes too)."""
+    floor.read_direct(str(path), direct=False)
 
 
 def sh(script: str) -> list[str]:

@@ -379,6 +379,7 @@ def test_floor_reads_only_data_extents_direct_and_writes_exact_synced_bytes(tmp_
     assert sparse.path.read_bytes()[: 16 * MiB] == dense.path.read_bytes()[: 16 * MiB]  # footers: own UUIDs
     block = os.statvfs(tmp_path).f_bsize
     assert floor.read_direct(str(sparse.path)) <= 4 * MiB + 2 * block < floor.read_direct(str(dense.path))
+    assert floor.read_direct(str(sparse.path), direct=False) == floor.read_direct(str(sparse.path))  # warming
     out = tmp_path / "floor.bin"
     floor.write_synced(str(out), 5 * MiB + 512)
     assert out.read_bytes() == b"\xa5" * (5 * MiB + 512)

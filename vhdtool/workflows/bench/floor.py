@@ -21,11 +21,12 @@ READ = "import sys; from vhdtool.workflows.bench.floor import read_direct; read_
 WRITE = "import sys; from vhdtool.workflows.bench.floor import write_synced; write_synced(sys.argv[1], int(sys.argv[2]))"
 
 
-def read_direct(path: str) -> int:
-    """Read every data extent of `path` with O_DIRECT; returns the bytes read."""
+def read_direct(path: str, direct: bool = True) -> int:
+    """Read every data extent of `path` with O_DIRECT (or, not `direct`, through the page
+    cache: that warms it without reading holes); returns the bytes read."""
     buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT requires
     view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     total = 0
     try:
         size = os.fstat(fd).st_size
