@@ -2,8 +2,9 @@
 """convert --to fixed against qemu-img convert, on an 8 GiB dynamic VHD ~10% full.
 
 The image is made by qemu-img/qemu-io (1 MiB pieces at seeded random places), converted by
-both tools in one run, interleaved, outputs removed between runs. Target (issue 5):
-vhdtool <= 0.8x qemu-img's wall time, peak RSS <= 150 MiB, reading only allocated blocks.
+both tools in one run, interleaved, outputs removed between runs. Kept as context: issue 17
+retired its speed target (0.8x qemu-img, set on images where start-up decides the ratio) for
+bench_scale.py's; peak RSS <= 150 MiB stays.
 qemu-img convert writes its output with cache=unsafe (never flushed: its only fdatasync is
 when it creates the image) while vhdtool fsyncs its output before giving it its name, so
 `qemu-img convert -t writeback` (flushed when closed) is run too, for context.
@@ -60,8 +61,9 @@ def main() -> int:
         results = interleaved(commands, args.repeats, between=lambda: [p.unlink(missing_ok=True) for p in (ours, peer)])
         print_table("convert dynamic -> fixed", results)
         names = list(commands)
-        check("vhdtool / qemu-img wall time", ratio(results, names[0], names[1]), 0.8)
-        print(f"  (vhdtool / qemu-img -t writeback: {ratio(results, names[0], names[2]):.2f}x, for context)")
+        # Context only, no target (issue 17 retired it: bench_scale.py measures convert at scale)
+        print(f"  context: vhdtool / qemu-img (unflushed) {ratio(results, names[0], names[1]):.2f}x, "
+              f"/ qemu-img -t writeback {ratio(results, names[0], names[2]):.2f}x")
         check("vhdtool peak RSS", results["vhdtool convert --to fixed"].peak_rss / MiB, 150, " MiB")
     return finish(args.json)
 

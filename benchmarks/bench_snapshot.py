@@ -6,8 +6,8 @@ Generates, in a scratch folder that is deleted afterwards:
   (b) the same image fully allocated (the holes written as zeros).
 Then runs, interleaved, `vhdtool snapshot`, `cp --sparse=auto`, `cp --sparse=always` and
 `qemu-img convert -f raw -O raw` on each (all produce a byte-identical copy of the file),
-printing median wall times, peak RSS, the ratios against the issue's targets, and the zero
-scan throughput in GB/s on cached data.
+printing median wall times, peak RSS, the ratios (context: issue 17 retired their targets for
+bench_scale.py's), and the zero scan throughput in GB/s on cached data.
 
 Usage: python benchmarks/bench_snapshot.py [--dir SCRATCH] [--repeats N] [--size-gib N] [--json FILE]
 """
@@ -178,10 +178,10 @@ def main() -> int:
         print(f"  engine scan of cached dense image, 2 workers: {two:6.1f} GB/s")
         print("\ntargets")
         v = "vhdtool snapshot"
-        check("(a) vhdtool / cp --sparse=auto", ratio(a, v, "cp --sparse=auto"), 1.1)
-        check("(a) vhdtool / qemu-img convert", ratio(a, v, "qemu-img convert raw"), 0.3)
-        check("(b) vhdtool / qemu-img convert", ratio(b, v, "qemu-img convert raw"), 0.7)
-        check("(b) vhdtool / cp --sparse=always", ratio(b, v, "cp --sparse=always"), 0.7)
+        # Context only, no targets (issue 17 retired them: bench_scale.py measures at scale)
+        for label, case, peer in (("(a)", a, "cp --sparse=auto"), ("(a)", a, "qemu-img convert raw"),
+                                  ("(b)", b, "qemu-img convert raw"), ("(b)", b, "cp --sparse=always")):
+            print(f"  context: {label} vhdtool / {peer} = {ratio(case, v, peer):.2f}x")
         check("zero scan per core (engine, 1 worker)", one, 5.0, " GB/s", higher_is_better=True)
         check("(a) vhdtool peak RSS", a[v].peak_rss / MiB, 150, " MiB")
         check("(b) vhdtool peak RSS", b[v].peak_rss / MiB, 150, " MiB")

@@ -7,7 +7,7 @@ tables of medians and its full output; ratios.png charts every ratio against its
 Both files are written only by this script. Needs matplotlib: pip install 'vhdtool[plot]'.
 Exit 0 when every script ran (targets may be missed), 1 when one failed, 2 unusable setup.
 
-Usage: python benchmarks/run_all.py [--dir SCRATCH]
+Usage: python benchmarks/run_all.py [--dir SCRATCH] [--only NAME[,NAME]]
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def write_results(runs: list[Run], machine: dict, load_before: list[float], comm
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Benchmark results", "",
              f"Written by `python benchmarks/run_all.py` on {when} at commit {commit}: do not edit by hand. "
-             "Each script's own docstring says what it measures and why.", "",
+             "Each script's own docstring says what it measures and why. Scripts run: "
+             f"{', '.join(run.script.name for run in runs)}.", "",
              "## Machine", "", *machine_lines(machine, runs, load_before), "",
              "## Summary", "", "Every target of every benchmark (ratios: vhdtool's median wall time over the "
              "other tool's, below 1 is faster).", "", *summary_rows(runs), "", "![ratios](ratios.png)", ""]
@@ -179,6 +180,8 @@ def git_commit() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder for the scripts (default: temp)")
+    parser.add_argument("--only", metavar="NAME[,NAME]", default=None,
+                        help="run only these scripts (bench_NAME.py); RESULTS.md then holds only them")
     args = parser.parse_args()
     try:
         require_matplotlib("run_all.py")
@@ -188,6 +191,13 @@ def main() -> int:
         print(f"run_all.py: error: {exc}", file=sys.stderr)
         return 2
     scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only is not None:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {script.stem.removeprefix("bench_") for script in scripts}
+        if unknown:
+            print(f"run_all.py: error: no benchmark named {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        scripts = [script for script in scripts if script.stem.removeprefix("bench_") in wanted]
     load_before, commit = list(os.getloadavg()), git_commit()
     runs = [run_script(script, args.dir) for script in scripts]
     if git_commit() != commit:

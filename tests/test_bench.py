@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from vhdtool.workflows.bench import measure
-from vhdtool.workflows.bench.images import pieces, write_images
+from vhdtool.workflows.bench.cases import flushed
+from vhdtool.workflows.bench import floor
+from vhdtool.workflows.bench.images import pieces, qemu_dynamic, write_fixed, write_images
 from vhdtool.workflows.bench.measure import Samples
 from vhdtool.workflows.bench.render import table
 from vhdtool.workflows.bench.run import BenchOptions, BenchReport, Row
@@ -27,7 +30,7 @@ from vhdtool.errors import VhdError
 MiB = 1024 * 1024
 IMAGES = ["sparse fixed", "dense fixed", "dynamic"]
 OPERATIONS = ["scan", "map", "snapshot", "convert --to fixed"]
-CP_TOOLS = ["cp", "cp --sparse=always"]
+CP_TOOLS = ["cp + sync", "cp --sparse=always + sync"]
 QEMU_TOOLS = ["qemu-img map", "qemu-img convert raw", "qemu-img convert fixed"]
 
 
@@ -91,7 +94,7 @@ def test_with_cp_and_qemu_img_every_peer_is_measured(tmp_path) -> None:
     assert all(r["status"] == "measured" for r in report["results"])
     assert {(r["operation"], r["tool"]) for r in report["results"]} == {
         ("scan", "vhdtool"), ("map", "vhdtool"), ("map", "qemu-img map"),
-        ("snapshot", "vhdtool"), ("snapshot", "cp"), ("snapshot", "cp --sparse=always"),
+        ("snapshot", "vhdtool"), ("snapshot", "cp + sync"), ("snapshot", "cp --sparse=always + sync"),
         ("snapshot", "qemu-img convert raw"),
         ("convert --to fixed", "vhdtool"), ("convert --to fixed", "qemu-img convert fixed")}
     sizes = {i["kind"]: i for i in report["images"]}
@@ -186,6 +189,21 @@ def test_ctrl_c_removes_everything_and_stops_the_commands(tmp_path) -> None:
     assert proc.returncode == 130 and err.rstrip().endswith("vhdtool: interrupted")
     assert not any(work.iterdir())
     assert processes_using(scratch) == []
+
+
+def test_flushed_peer_syncs_its_output_only_after_it_succeeded(tmp_path) -> None:
+    """A peer's copy is measured with its flush (issue #17): sync runs on the output, after
+    the copy, and not when the copy failed (the failure is the command's exit code)."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.write_bytes(b"x" * 5000)
+    argv = flushed(["cp", str(src), str(out)], str(out))
+    assert argv[-3:] == ["cp", str(src), str(out)] and argv[argv.index(str(out)) + 1].endswith("/sync")
+    assert subprocess.run(argv).returncode == 0 and out.read_bytes() == src.read_bytes()
+    traced = subprocess.run(["strace", "-f", "-e", "trace=syncfs,fsync,fdatasync", *argv], capture_output=True,
+                            text=True) if shutil.which("strace") else None
+    if traced is not None:
+        assert re.search(r"(syncfs|fsync|fdatasync)\(", traced.stderr)
+    assert subprocess.run(flushed(["cp", str(tmp_path / "absent"), str(out)], str(out))).returncode != 0
 
 
 def test_images_hold_the_same_data_and_only_what_they_must(tmp_path) -> None:
@@ -325,6 +343,17 @@ def test_runner_writes_results_and_chart_from_the_scripts_json(tmp_path) -> None
     assert (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runner_only_runs_the_scripts_named_and_says_so(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    runner = runner_in(tmp_path)
+    done = subprocess.run([sys.executable, str(runner), "--only", "fake"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the broken script was not run
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert "Scripts run: bench_fake.py." in results and "bench_broken" not in results
+    unknown = subprocess.run([sys.executable, str(runner), "--only", "fake,nope"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and unknown.stderr.strip() == "run_all.py: error: no benchmark named nope"
+
+
 def test_runner_without_matplotlib_says_how_to_install(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(runner_in(tmp_path))], capture_output=True, text=True,
                           env=fake_matplotlib(tmp_path))
@@ -340,3 +369,23 @@ def test_readme_quotes_the_latest_results() -> None:
     quoted = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
     summary = (ROOT / "benchmarks" / "RESULTS.md").read_text().split("\n## Summary\n", 1)[1].split("\n## ", 1)[0]
     assert quoted and all(line in summary.splitlines() for line in quoted)
+
+
+def test_floor_reads_only_data_extents_direct_and_writes_exact_synced_bytes(tmp_path) -> None:
+    """The machine's floor: an O_DIRECT read of the data extents (holes are not read) and a
+    write + fsync of exactly the bytes a copy writes."""
+    sparse = write_fixed(tmp_path / "sparse.vhd", 16 * MiB, 25, dense=False)
+    dense = write_fixed(tmp_path / "dense.vhd", 16 * MiB, 25, dense=True)
+    assert sparse.path.read_bytes()[: 16 * MiB] == dense.path.read_bytes()[: 16 * MiB]  # footers: own UUIDs
+    block = os.statvfs(tmp_path).f_bsize
+    assert floor.read_direct(str(sparse.path)) <= 4 * MiB + 2 * block < floor.read_direct(str(dense.path))
+    assert floor.read_direct(str(sparse.path), direct=False) == floor.read_direct(str(sparse.path))  # warming
+    out = tmp_path / "floor.bin"
+    floor.write_synced(str(out), 5 * MiB + 512)
+    assert out.read_bytes() == b"\xa5" * (5 * MiB + 512)
+    with pytest.raises(FileExistsError):  # never over an existing file
+        floor.write_synced(str(out), 1)
+    dynamic = qemu_dynamic(sparse.path, tmp_path / "dynamic.vhd")
+    raw = tmp_path / "dynamic.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(dynamic.path), str(raw)], check=True)
+    assert raw.read_bytes() == sparse.path.read_bytes()[: 16 * MiB]

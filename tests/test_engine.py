@@ -14,6 +14,8 @@ from conftest import FIXTURES
 from helpers import page_runs
 from vhdtool.azure.limits import PUT_PAGE_MAX
 from vhdtool.engine import pipeline as engine
+from vhdtool.engine import sink
+from vhdtool.engine.sink import copy_nonzero, sparse_output
 from vhdtool.engine.pipeline import PAGE, nonzero_data, nonzero_runs, scan, scanned_bytes
 from vhdtool.errors import VhdError
 from vhdtool.disk.image import open_disk
@@ -191,3 +193,68 @@ def test_put_page_pieces(tmp_path):
         pieces = [(o, len(d)) for o, d in nonzero_data(scan(disk), PUT_PAGE_MAX)]
     assert pieces == [(o, e - o) for o, e in cut([(MiB, 10 * MiB)], 4 * MiB)]
     assert max(n for _, n in pieces) <= PUT_PAGE_MAX and content[MiB] == 0xFF
+
+
+
+def test_positional_copy_writes_on_scan_threads_exact_bytes_and_keeps_holes(tmp_path):
+    """copy_nonzero(positional=True): SparseFile.put runs on the scan threads (writes off the
+    consumer, several in flight), and the output is byte-identical with its holes kept."""
+    src = tmp_path / "src.img"
+    rng = random.Random(3)
+    content = write_sparse_file(src, 64 * MiB, [(o * MiB, rng.randbytes(300 * KiB)) for o in range(0, 64, 5)]
+                                + [(42 * MiB, bytes(2 * MiB))])  # allocated zeros: must not be written
+    threads, real_put = set(), sink.SparseFile.put
+
+    def recording_put(self, offset, data):
+        threads.add(threading.current_thread().name)
+        real_put(self, offset, data)
+
+    dest = tmp_path / "out.img"
+    with open_disk(src, raw=True) as disk, sparse_output(dest, disk.virtual_size) as out:
+        out.put = recording_put.__get__(out)
+        written = copy_nonzero(disk, out.put, "test", positional=True)
+    assert dest.read_bytes() == content
+    assert written == out.written == 13 * 300 * KiB
+    assert dest.stat().st_blocks * 512 < 8 * MiB  # 3.8 MiB of data: the rest stayed holes
+    assert threads and all(name.startswith("vhdtool-scan") for name in threads)
+
+
+def test_in_order_sinks_get_runs_in_order_on_the_consumer(mixed_file):
+    """A put that is not positional (the dynamic writer's) sees runs in increasing offsets."""
+    path, content = mixed_file
+    seen = []
+
+    def put(offset, data):
+        assert threading.current_thread() is threading.main_thread()
+        seen.append((offset, bytes(data)))
+
+    with open_disk(path, raw=True) as disk:
+        copy_nonzero(disk, put, "test")
+    assert [o for o, _ in seen] == sorted(o for o, _ in seen)
+    assert all(content[o : o + len(d)] == d for o, d in seen)
+    assert list(merge((o, o + len(d)) for o, d in seen)) == page_runs(content)
+
+
+def test_output_is_durable_before_it_gets_its_name(tmp_path, monkeypatch):
+    """fsync of the data comes before the link that publishes it (no name for a file whose
+    data a crash could lose)."""
+    src = tmp_path / "src.img"
+    write_sparse_file(src, 8 * MiB, [(MiB, b"\x07" * 3 * MiB)])
+    events = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_size)) or real_fsync(fd))
+    monkeypatch.setattr(os, "link", lambda *a, **k: events.append(("link", None)) or real_link(*a, **k))
+    dest = tmp_path / "out.img"
+    with open_disk(src, raw=True) as disk, sparse_output(dest, disk.virtual_size) as out:
+        copy_nonzero(disk, out.put, "test", positional=True)
+        assert not dest.exists()
+    assert events.index(("fsync", 8 * MiB)) < events.index(("link", None))
+    assert dest.read_bytes() == src.read_bytes()
+
+
+def test_two_scan_threads_per_cpu(monkeypatch):
+    """Threads wait on reads (cold cache) as often as they scan: two per CPU, at most 4."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert engine.default_workers() == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert engine.default_workers() == engine.MAX_WORKERS == 4

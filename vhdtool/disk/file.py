@@ -47,6 +47,10 @@ def open_readonly(path: Path) -> tuple[int, os.stat_result]:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise VhdError(exc.strerror or str(exc), path) from None
+    # Images are read front to back (the engine, in disk order): a doubled readahead window
+    # keeps more reads in flight on a cold cache. A hint: platforms without it just read.
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     return fd, st
 
 

@@ -10,8 +10,9 @@ One implementation for every command that moves image data (snapshot, map, conve
 3. range math (vhdtool.ranges): pages merged into runs, runs cut into bounded pieces.
 
 Reading and scanning run on a few threads (os.preadv and numpy release the GIL) while the
-consumer writes or sends; chunks come back in disk order. Memory is the buffer pool,
-2 * workers + 1 chunks (4 MiB each by default), whatever the size of the disk.
+consumer sends or hashes; chunks come back in disk order. A positional sink (a file written
+with pwrite) is written on those threads too, so reads, scans and writes overlap. Memory is
+the buffer pool, 2 * workers + 1 chunks (4 MiB each by default), whatever the size of the disk.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ from vhdtool.errors import VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.ranges import Range
 
+RunHandler = Callable[[int, memoryview], None]  # takes (offset, bytes) of a non-zero run
 PAGE = SECTOR  # default zero-detection granularity: a sector (and an Azure page, also 512 bytes)
 CHUNK = 4 * 1024 * 1024  # read unit
-MAX_WORKERS = 4  # two threads already saturate memory bandwidth on a cached read
+MAX_WORKERS = 4
+# Threads per core: a thread waits on its read (cold cache) or write as often as it scans, so
+# two per core keep both the cores and the disk busy; more only add switching.
+THREADS_PER_CPU = 2
 
 
 class Source(Protocol):
@@ -95,7 +100,7 @@ def check_granularity(granularity: int) -> None:
 
 
 def default_workers() -> int:
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    return max(1, min(MAX_WORKERS, THREADS_PER_CPU * len(os.sched_getaffinity(0))))
 
 
 def read_plan(source: Source, granularity: int, chunk_size: int) -> Iterator[Range]:
@@ -127,7 +132,8 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
 
 
-def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
+def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int,
+                put: RunHandler | None) -> Chunk:
     length = end - start
     padded = ranges.round_up(length, granularity)
     view = buf.bytes[:length]
@@ -139,7 +145,11 @@ def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity:
     buf.bytes[length:padded] = bytes(padded - length)  # past the source's end reads as zero
     flags = nonzero_pages(buf.words[: padded // 8], granularity, buf.page_or)
     runs = list(ranges.clip(ranges.true_runs(flags, granularity, start), start, end))
-    return Chunk(start, view, runs)
+    chunk = Chunk(start, view, runs)
+    if put is not None:
+        for run in runs:
+            put(run[0], chunk.data(run))
+    return chunk
 
 
 def scan(
@@ -149,11 +159,14 @@ def scan(
     chunk_size: int = CHUNK,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    put: RunHandler | None = None,
 ) -> Iterator[Chunk]:
     """The allocated data of `source`, chunk by chunk in disk order, with its non-zero runs.
 
     Chunks are read and scanned ahead on `workers` threads; `progress` is called with each
-    chunk's length once the consumer is done with it.
+    chunk's length once the consumer is done with it. `put`, for a positional sink (a file
+    written with pwrite), gets every non-zero run on the thread that scanned it, out of order
+    and concurrently: writes stay off the consumer and several are in flight.
     """
     check_granularity(granularity)
     chunk_size = ranges.round_up(chunk_size, granularity)
@@ -169,7 +182,7 @@ def scan(
             if piece is None:
                 return
             buf = free.pop()
-            pending.append((buf, pool.submit(_scan_chunk, source, buf, *piece, granularity)))
+            pending.append((buf, pool.submit(_scan_chunk, source, buf, *piece, granularity, put)))
 
     try:
         refill()

@@ -15,11 +15,12 @@ import errno
 import fcntl
 import functools
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vhdtool.engine.pipeline import Source, nonzero_data, progress_bar, scan
+from vhdtool.engine.pipeline import RunHandler, Source, nonzero_data, progress_bar, scan
 from vhdtool.engine.output import PendingOutput, atomic_file
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
@@ -27,7 +28,6 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 COPY_UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITEBACK_STEP = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
-RunHandler = Callable[[int, memoryview], None]  # takes (offset, bytes) of a non-zero run
 
 
 @functools.cache
@@ -59,13 +59,15 @@ def same_filesystem(a: int, b: int) -> bool:
 
 
 class SparseFile:
-    """An output of `size` bytes that reads as zeros except where runs were put."""
+    """An output of `size` bytes that reads as zeros except where runs were put. `put` may be
+    called from several threads at once (positional writes)."""
 
     def __init__(self, out: PendingOutput, size: int, origin: int | None = None):
         self.out, self.size, self.origin = out, size, origin
         self.copy_ranges = origin is not None and same_filesystem(origin, out.fd)
         self.written = 0  # bytes of runs put
         self._unsynced = 0
+        self._lock = threading.Lock()  # guards the two counters
         os.ftruncate(out.fd, size)
 
     @property
@@ -92,11 +94,14 @@ class SparseFile:
         """Store one non-zero run at `offset` (`data` equals origin's bytes there, if any)."""
         if not (self.copy_ranges and self._copy_from_origin(offset, len(data))):
             pwrite_all(self.fd, data, offset)
-        self.written += len(data)
-        self._unsynced += len(data)
-        if self._unsynced >= WRITEBACK_STEP:
+        with self._lock:
+            self.written += len(data)
+            self._unsynced += len(data)
+            due = self._unsynced >= WRITEBACK_STEP
+            if due:
+                self._unsynced = 0
+        if due:  # outside the lock: it may wait for the device queue, the other writers need not
             start_writeback(self.fd)
-            self._unsynced = 0
 
     def _copy_from_origin(self, offset: int, length: int) -> bool:
         done = 0
@@ -128,14 +133,18 @@ def sparse_output(
         yield SparseFile(out, size, origin)
 
 
-def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | None = None) -> int:
+def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | None = None, *,
+                 positional: bool = False) -> int:
     """Hand every non-zero run of `source` to `put` (a SparseFile's, a dynamic writer's), with
     a progress bar over the scan; `tap` sees each run too, in order (to hash the copy in the
-    same pass). Returns the bytes put."""
+    same pass). A `positional` put (SparseFile.put) runs on the scan threads, out of order;
+    any other gets the runs in order on this thread. Returns the bytes put."""
     written = 0
     with progress_bar(source, label) as update:
-        for offset, data in nonzero_data(scan(source, progress=update)):
-            put(offset, data)
+        chunks = scan(source, progress=update, put=put if positional else None)
+        for offset, data in nonzero_data(chunks):
+            if not positional:
+                put(offset, data)
             if tap is not None:
                 tap(offset, data)
             written += len(data)

@@ -59,7 +59,7 @@ def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
 def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Converted:
     """Copy `source`'s non-zero runs into a sparse file of its size."""
     with sparse_output(dest, source.virtual_size, force=force) as out:
-        copy_nonzero(source, out.put, label)
+        copy_nonzero(source, out.put, label, positional=True)
     return Converted(out.path, source.virtual_size, out.written)
 
 

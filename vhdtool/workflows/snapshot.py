@@ -66,7 +66,7 @@ def snapshot(
         with sparse_output(target, source.file_size, force=force, numbered=dest is None, origin=source.fd) as out:
             reflinked = out.reflink()
             if not reflinked:
-                copy_nonzero(source, out.put, f"snapshot {source.path.name}", tap)
+                copy_nonzero(source, out.put, f"snapshot {source.path.name}", tap, positional=True)
                 if fingerprint(os.fstat(source.fd)) != before:
                     raise VhdError("was modified while being copied; no snapshot was written", src)
             if verify:  # before the copy gets its name: a copy that fails is never published

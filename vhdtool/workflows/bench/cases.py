@@ -2,12 +2,13 @@
 peers found on PATH that do the same job, as command lines.
 
 Peers: `cp` (plain, as most people copy, and --sparse=always, which also punches zero pages)
-and `qemu-img` (map, a raw copy, conversion to a fixed VHD). A peer missing from PATH is
+and `qemu-img` (map, a raw copy, conversion to a fixed VHD), each flushing what it writes. A peer missing from PATH is
 reported as missing; vhdtool is still measured.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ def vhdtool(*args: str) -> list[str]:
     return [sys.executable, "-m", "vhdtool.cli", *args]
 
 
+def flushed(argv: list[str], output: str) -> list[str]:
+    """`argv`, then `sync output` if it succeeded (one command line, measured as one). sh and
+    sync are the system's (os.defpath): base tools, not peers, whatever PATH holds."""
+    shell, sync = (shutil.which(tool, path=os.defpath) or f"/bin/{tool}" for tool in ("sh", "sync"))
+    return [shell, "-c", 'out=$1; sync=$2; shift 2; "$@" && "$sync" "$out"', "sh", output, sync, *argv]
+
+
 def scan_image(path: str) -> None:
     """Read and zero-scan every allocated byte of the virtual disk at `path`."""
     from vhdtool.engine.pipeline import scan
@@ -57,19 +65,24 @@ def image_cases(image: Image, out: Path, peers: dict[str, str | None], blob: str
         ("scan", [sys.executable, "-c", SCAN, src], {}, None),
         ("map", vhdtool("map", src, "--json"),
          {"qemu-img map": ("qemu-img", ["map", "--output=json", "-f", "vpc", src])}, None),
+        # Every copy flushes its output, as vhdtool does before naming it (issue #17): cp then
+        # sync FILE, qemu-img with -t writeback (its default cache mode, unsafe, never flushes).
         ("snapshot", vhdtool("snapshot", src, "-o", dst),
-         {"cp": ("cp", [src, dst]),
-          "cp --sparse=always": ("cp", ["--sparse=always", src, dst]),
-          "qemu-img convert raw": ("qemu-img", ["convert", "-f", "raw", "-O", "raw", src, dst])}, out),
+         {"cp + sync": ("cp", [src, dst]),
+          "cp --sparse=always + sync": ("cp", ["--sparse=always", src, dst]),
+          "qemu-img convert raw": ("qemu-img", ["convert", "-f", "raw", "-O", "raw", "-t", "writeback", src, dst])},
+         out),
         ("convert --to fixed", vhdtool("convert", src, dst, "--to", "fixed"),
-         {"qemu-img convert fixed": ("qemu-img", ["convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=fixed",
-                                                  src, dst])}, out),
+         {"qemu-img convert fixed": ("qemu-img", ["convert", "-f", "vpc", "-O", "vpc", "-o",
+                                                  "subformat=fixed,force_size=on", "-t", "writeback", src, dst])},
+         out),
     ]
     if blob is not None:
         table.append(("upload", vhdtool("upload", src, blob, "--overwrite", "--no-resume"), {}, None))
     cases = []
     for operation, ours, others, output in table:
-        found = {tool: [peers[program], *args] for tool, (program, args) in others.items() if peers[program]}
+        found = {tool: flushed([path, *args], dst) if tool.endswith("+ sync") else [path, *args]
+                 for tool, (program, args) in others.items() if (path := peers[program])}
         missing = {tool: program for tool, (program, _) in others.items() if not peers[program]}
         cases.append(Case(image, operation, {OURS: ours} | found, missing, output))
     return cases

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -77,3 +78,31 @@ def write_images(folder: Path, size: int, percent: float,
         for fd in fds:
             os.fsync(fd)
     return [sparse, dense, dynamic]
+
+
+def write_fixed(path: Path, size: int, percent: float, *, dense: bool) -> Image:
+    """One fixed VHD of `size` virtual bytes with the random pieces, synced: `dense` writes
+    every byte (as Hyper-V writes a fixed VHD), else the zeros stay holes."""
+    create(path, size, DiskType.FIXED)
+    zeros = bytes(ZEROS)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        done = 0
+        for offset, data in pieces(size, percent):
+            if dense:
+                fill_zeros(fd, done, offset, zeros)
+            os.pwrite(fd, data, offset)
+            done = offset + len(data)
+        if dense:
+            fill_zeros(fd, done, size, zeros)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Image("dense fixed" if dense else "sparse fixed", path)
+
+
+def qemu_dynamic(fixed: Path, path: Path) -> Image:
+    """A dynamic VHD made by qemu-img from a fixed one (blocks laid out as QEMU writes them)."""
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "vpc", "-o", "subformat=dynamic,force_size=on",
+                    "-t", "writeback", str(fixed), str(path)], check=True, capture_output=True)
+    return Image("dynamic", path)

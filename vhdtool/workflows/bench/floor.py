@@ -1,0 +1,58 @@
+"""This machine's floor for a copy: what the disk alone takes for the bytes a copy must move.
+
+Two commands, run as children and measured like any tool (vhdtool.workflows.bench.measure):
+`read_direct` reads a file's data extents (SEEK_DATA/SEEK_HOLE: what must be read) with
+O_DIRECT, sequentially, so the page cache can neither help nor be filled; `write_synced`
+writes N bytes to a new file in 4 MiB writes and fsyncs it (what a flushing copy must write).
+Their sum is the floor of a cold copy; a tool that overlaps reading and writing can beat it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+
+from vhdtool import ranges
+
+BLOCK = 16 * 1024 * 1024  # several requests in flight (the block layer splits at max_sectors_kb)
+ALIGN = 4096  # O_DIRECT offsets and lengths: the logical block size, at most a page
+READ = "import sys; from vhdtool.workflows.bench.floor import read_direct; read_direct(sys.argv[1])"
+WRITE = ("import sys; from vhdtool.workflows.bench.floor import write_synced; "
+         "write_synced(sys.argv[1], int(sys.argv[2]))")
+
+
+def read_direct(path: str, direct: bool = True) -> int:
+    """Read every data extent of `path` with O_DIRECT (or, not `direct`, through the page
+    cache: that warms it without reading holes); returns the bytes read."""
+    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT requires
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    total = 0
+    try:
+        size = os.fstat(fd).st_size
+        extents = ranges.align(ranges.data_extents(fd, 0, size), ALIGN, ranges.round_up(size, ALIGN))
+        for start, end in ranges.cut(extents, BLOCK):
+            total += os.preadv(fd, [view[: end - start]], start)
+    finally:
+        os.close(fd)
+    return total
+
+
+def write_synced(path: str, length: int) -> None:
+    """Write `length` bytes of non-zero data to a new file at `path` and fsync it."""
+    block = memoryview(b"\xa5" * BLOCK)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        done = 0
+        while done < length:
+            done += os.write(fd, block[: min(BLOCK, length - done)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commands(source: str, written: int, scratch: str) -> dict[str, list[str]]:
+    """The two floor commands for a copy of `source` that writes `written` bytes to `scratch`."""
+    return {"floor: direct read": [sys.executable, "-c", READ, source],
+            "floor: write + fsync": [sys.executable, "-c", WRITE, scratch, str(written)]}
