@@ -311,6 +311,11 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
     from vhdtool.disk.parents import open_parent  # parents imports this module
 
     path = Path(path)
+    if not raw:  # one place picks the reader: VHDX, or one line for formats we do not read
+        from vhdtool.disk.sniff import open_vhdx, readable_format  # sniff imports this module
+
+        if readable_format(path) == "vhdx":
+            return open_vhdx(path)
     fd, st = open_readonly(path)
     try:
         if raw:
