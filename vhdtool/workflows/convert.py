@@ -15,7 +15,7 @@ from vhdtool import ranges
 from vhdtool.workflows.create import validate_size
 from vhdtool.engine.pipeline import Source, Window
 from vhdtool.errors import NotVhdError, VhdError
-from vhdtool.disk.fixed import FixedImage
+from vhdtool.disk.fixed import FixedImage, source_uuid
 from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
 from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
 from vhdtool.disk.image import Disk, open_disk
@@ -50,7 +50,8 @@ def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
     if given == "raw":
         return open_disk(path, raw=True), "read as raw (--from raw)"
     try:
-        return open_disk(path), "read as VHD"
+        disk = open_disk(path)
+        return disk, f"read as {'VHDX' if disk.kind == 'vhdx' else 'VHD'}"
     except NotVhdError:
         if given is None and path.suffix.lower() in RAW_SUFFIXES:
             return open_disk(path, raw=True), f"read as raw (no VHD footer, name ends in {path.suffix})"
@@ -68,7 +69,7 @@ def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uu
                   force: bool) -> Converted:
     """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
     validate_size(size, DiskType.DYNAMIC, block_size)
-    unique_id = disk.footer.unique_id if keep_uuid and disk.footer is not None else None
+    unique_id = source_uuid(disk) if keep_uuid else None
     footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
     # The disk zero-extended to whole sectors (a raw source's last one may be partial), which
     # is what the writer's sectors hold: FixedImage's bytes without its footer.

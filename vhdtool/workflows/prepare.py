@@ -81,7 +81,8 @@ def prepare(
     disk, rule = open_source(src, from_)
     with disk:
         size = prepared_size(disk.virtual_size, target)
-        before = None if disk.kind == "raw" else check_image(src, target)
+        # check reads VHD structures; a VHDX's were checked by open_vhdx, which refuses damage
+        before = None if disk.kind in ("raw", "vhdx") else check_image(src, target)
         rewrite = readers_disagree(disk)
         if before is not None and before.exit_code == 0 and rewrite is None:
             if dest is None:

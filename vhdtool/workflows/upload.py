@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from threading import Condition
 from typing import TYPE_CHECKING
@@ -37,12 +38,18 @@ from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.engine.digest import ContentMd5, b64, feed
 from vhdtool.engine.pipeline import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
-from vhdtool.disk.fixed import FixedImage
+from vhdtool.disk.fixed import FixedImage, source_uuid
 from vhdtool.disk.image import Disk, open_disk
+from vhdtool.disk.sniff import readable_format
+from vhdtool.format.vhd.footer import parse_footer
+from vhdtool.format.vhd.timestamp import from_datetime
 from vhdtool.ranges import Range
+from vhdtool.redaction import redact
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
+
+    from vhdtool.workflows.check import Report
 
 MiB = 1024 * 1024
 PAGE = 512
@@ -100,11 +107,11 @@ class SourceIdentity:
     @classmethod
     def of(cls, disk: Disk, blob_size: int) -> SourceIdentity:
         def tag(d: Disk) -> str:
-            return f"{d.stat.st_size}:{d.stat.st_mtime_ns}:{d.footer.unique_id.hex()}"
+            return f"{d.stat.st_size}:{d.stat.st_mtime_ns}:{source_uuid(d).hex()}"
 
         parents = [tag(d) for d in disk.chain()[1:]]
         digest = hashlib.sha256("/".join(parents).encode()).hexdigest()[:32] if parents else "none"
-        return cls(disk.stat.st_size, disk.stat.st_mtime_ns, disk.footer.unique_id.hex(), digest, blob_size)
+        return cls(disk.stat.st_size, disk.stat.st_mtime_ns, source_uuid(disk).hex(), digest, blob_size)
 
     def metadata(self, state: str) -> dict[str, str]:
         return {
@@ -133,9 +140,29 @@ class SourceIdentity:
         return self.mismatch(props) is None and (props.metadata or {}).get(STATE_KEY) == COMPLETE
 
 
-def refuse_unfixable(path: Path, align: bool) -> None:
+def source_timestamp(disk: Disk) -> int:
+    """A VHD's footer timestamp; a VHDX has none: its modification time, which the blob's
+    metadata records too, so a resumed upload builds the same footer."""
+    if disk.footer is not None:
+        return disk.footer.timestamp
+    return from_datetime(datetime.fromtimestamp(disk.stat.st_mtime, timezone.utc))
+
+
+def represented_report(path: Path, image: FixedImage) -> Report:
+    """`check --target azure`'s rules on the fixed VHD a VHDX is streamed as (the VHDX's own
+    structure was checked by open_vhdx, which refuses damage)."""
+    from vhdtool.workflows.check import Report, Target
+    from vhdtool.workflows.check.target_rules import check_azure
+
+    report = Report(redact(str(path)), Target.AZURE)
+    check_azure(report, Target.AZURE, parse_footer(image.footer_bytes), image.virtual_size)
+    return report
+
+
+def refuse_unfixable(path: Path, align: bool, report: Report | None = None) -> None:
     """Refuse, before anything is sent, a source `check --target azure` fails for a reason that
-    on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align)."""
+    on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align).
+    `report`: that check, if already made (default: check_image of `path`)."""
     from vhdtool.workflows.check import (
         REPAIRED_BY_ALIGNMENT,
         REPAIRED_BY_CONVERSION,
@@ -143,7 +170,8 @@ def refuse_unfixable(path: Path, align: bool) -> None:
         unrepaired,
     )
 
-    for finding in unrepaired(check_image(path, "azure"), REPAIRED_BY_CONVERSION):
+    report = check_image(path, "azure") if report is None else report
+    for finding in unrepaired(report, REPAIRED_BY_CONVERSION):
         if finding.code in REPAIRED_BY_ALIGNMENT:
             if align:
                 continue
@@ -155,7 +183,7 @@ def fixed_image(disk: Disk, align: bool) -> FixedImage:
     """The fixed VHD to upload. Its footer bytes are the same on every run (source UUID and
     timestamp kept), so a resumed upload regenerates exactly what the first run began."""
     size = ranges.round_up(disk.virtual_size, MiB) if align else disk.virtual_size
-    return FixedImage(disk, size, keep_uuid=True, timestamp=disk.footer.timestamp)
+    return FixedImage(disk, size, keep_uuid=True, timestamp=source_timestamp(disk))
 
 
 class Sender:
@@ -340,9 +368,13 @@ def upload(src: str | Path, location: BlobLocation, options: UploadOptions = Upl
     src = Path(src)
     if options.workers < 1:
         raise VhdError("--workers must be at least 1")
-    refuse_unfixable(src, options.align)
+    vhdx = readable_format(src) == "vhdx"  # qcow2, VMDK, VDI: one line saying how to convert
+    if not vhdx:
+        refuse_unfixable(src, options.align)
     with open_disk(src) as disk:
         image = fixed_image(disk, options.align)
+        if vhdx:
+            refuse_unfixable(src, options.align, represented_report(src, image))
         identity = SourceIdentity.of(disk, image.virtual_size)
         result = UploadResult(str(location), image.virtual_size)
         with PageBlob(location, connections=options.workers + 2, timeout=options.timeout, retry=options.retry) as blob:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vhdtool.errors import EXIT_PROBLEMS, VhdError
+from vhdtool.errors import EXIT_PROBLEMS, FormatError, VhdError
 from vhdtool.workflows.vmimage.names import CACHING, DATA_CACHING_DEFAULT, MAX_LUN, choice
 
 if TYPE_CHECKING:
@@ -93,11 +93,35 @@ def refusal(report: Report, hint: str) -> VhdError:
     return DiskRefused(f"fails check --target azure: {first.message} [{first.code}]{more}; {hint}", report.path)
 
 
+def is_vhdx(path: Path) -> bool:
+    """Whether the file is a VHDX; qcow2, VMDK and VDI are refused saying how to convert them,
+    a missing or unreadable file is left to check, which says so as for a VHD."""
+    from vhdtool.disk.sniff import readable_format
+
+    try:
+        return readable_format(path) == "vhdx"
+    except FormatError:
+        raise
+    except VhdError:
+        return False
+
+
+def vhdx_report(path: Path) -> Report:
+    """A VHDX is stored as the fixed VHD it represents (see store.local): the Azure rules on
+    that VHD; the VHDX's own structure is checked by its reader, which refuses damage."""
+    from vhdtool.disk.fixed import FixedImage
+    from vhdtool.disk.image import open_disk
+    from vhdtool.workflows.upload import represented_report
+
+    with open_disk(path) as disk:
+        return represented_report(path, FixedImage(disk))
+
+
 def check_file(path: Path) -> None:
     """`check --target azure` on a local disk; refused with the `prepare` command if it fails."""
     from vhdtool.workflows.check import Severity, check_image
 
-    report = check_image(path, "azure")
+    report = vhdx_report(path) if is_vhdx(path) else check_image(path, "azure")
     errors = [f for f in report.findings if f.severity == Severity.ERROR]
     if errors:
         from vhdtool.workflows.check.target_rules import prepare_command
