@@ -41,7 +41,8 @@ class Converted:
 
 
 def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
-    """Open SRC as a VHD or a raw image; returns the disk and the rule that decided.
+    """Open SRC as a VHD, VHDX (open_disk tells them apart) or raw image; returns the disk
+    and the rule that decided.
 
     Raw only when asked (`--from raw`) or when the file has no VHD footer and its name ends
     in .raw or .img: a damaged VHD must never be taken for raw data.

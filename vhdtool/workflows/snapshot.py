@@ -1,8 +1,8 @@
 """`vhdtool snapshot`: a point-in-time, byte-identical copy of an image file, sparse where the
 source has holes or all-zero pages.
 
-The image file is copied as a plain file (VHD metadata included, any VHD type): the engine
-runs over `open_disk(src, raw=True)`. Point-in-time: a reflink is atomic; a copy fails, and
+The image file is copied as a plain file (VHD or VHDX metadata included, any type): the
+engine runs over `open_disk(src, raw=True)`. Point-in-time: a reflink is atomic; a copy fails, and
 leaves nothing, if the source was modified while it was read.
 """
 

@@ -1,6 +1,6 @@
 """`vhdtool upload`: a VHD into an Azure page blob, sending only its non-zero 512-byte pages.
 
-The source (fixed, dynamic or differencing) is streamed as the fixed VHD it represents
+The source (any VHD, or a VHDX) is streamed as the fixed VHD it represents
 (`FixedImage`, no temporary file) in one engine pass: allocated data is read once, zero pages
 are dropped, the non-zero runs go out as Put Page requests (512-aligned, at most 4 MiB) from
 N workers, and the blob's Content-MD5 is computed in the same pass, the zero gaps hashed
