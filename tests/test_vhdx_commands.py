@@ -264,6 +264,19 @@ def test_image_capture_refuses_a_vhdx_azure_would_refuse(vhdx, cli, tmp_path):
     assert not (tmp_path / "store" / "vhds").exists() or not any((tmp_path / "store" / "vhds").iterdir())
 
 
+@pytest.mark.parametrize("args", [["--size", "30M"], ["--size", "10M", "--allow-shrink", "--force"],
+                                  ["--size", "30M", "-o", "copy.vhdx"]])
+def test_resize_refuses_a_vhdx_and_leaves_it_as_it_was(vhdx, args, cli, tmp_path, monkeypatch):
+    """vhdtool writes no VHDX: resizing one would write a VHD footer into it."""
+    src = tmp_path / "disk.vhdx"
+    shutil.copy(vhdx["qemu-1m"], src)
+    monkeypatch.chdir(tmp_path)
+    done = cli("resize", str(src), *args)
+    assert done.code == 2 and len(done.err.strip().splitlines()) == 1
+    assert "never writes it" in done.err and "vhdtool prepare" in done.err
+    assert src.read_bytes() == vhdx["qemu-1m"].read_bytes() and not (tmp_path / "copy.vhdx").exists()
+
+
 # --- formats vhdtool does not read ----------------------------------------------------------------
 
 
