@@ -257,6 +257,20 @@ def test_image_capture_stores_a_vhdx_as_a_fixed_vhd(vhdx, cli, tmp_path):
     qemu_compare(vhdx["qemu-32m"], stored)
 
 
+def test_image_capture_uploads_a_vhdx_into_an_azure_store_as_a_fixed_vhd(vhdx, azurite, container, cli,
+                                                                         tmp_path):
+    done = cli("image", "capture", "img", "--os-disk", str(vhdx["qemu-8m"]), "--os-type", "linux",
+               "--os-state", "generalized", "--container", container.container_name, "--json",
+               env=conn_env(azurite))
+    assert done.code == 0, done.err
+    entry = json.loads(done.out)["osDisk"]
+    assert entry["copy"]["method"] == "upload" and entry["sizeBytes"] == 40 * MiB + 512
+    stored = tmp_path / "stored.vhd"
+    stored.write_bytes(container.get_blob_client(entry["name"]).download_blob().readall())
+    assert_azure_ready(cli, stored, reference(vhdx, "qemu-8m", tmp_path))
+    qemu_compare(vhdx["qemu-8m"], stored)
+
+
 def test_image_capture_refuses_a_vhdx_azure_would_refuse(vhdx, cli, tmp_path):
     done = cli("image", "capture", "img", "--os-disk", str(vhdx["qemu-odd"]), "--os-type", "linux",
                "--os-state", "generalized", "--store", str(tmp_path / "store"))
