@@ -294,6 +294,20 @@ def test_resize_refuses_a_vhdx_and_leaves_it_as_it_was(vhdx, args, cli, tmp_path
 # --- formats vhdtool does not read ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("magic", [b"QFI\xfb", b"vhdxfile", b"KDMV"])
+def test_a_fixed_vhd_whose_data_starts_like_another_format_stays_a_vhd(magic, cli, tmp_path):
+    """The footer decides, as it did before VHDX: a fixed VHD's first bytes are its guest's."""
+    src = tmp_path / "guest.vhd"
+    assert cli("create", str(src), "--size", "2M", "--type", "fixed").code == 0
+    with open(src, "r+b") as f:
+        f.write(magic)
+    out = tmp_path / "out.vhd"
+    assert cli("snapshot", str(src), "-o", str(out)).code == 0
+    done = cli("convert", str(src), str(tmp_path / "raw.img"), "--to", "raw")
+    assert done.code == 0, done.err
+    assert (tmp_path / "raw.img").read_bytes()[:len(magic)] == magic
+
+
 @pytest.fixture(scope="module")
 def foreign(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("foreign")

@@ -311,22 +311,34 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
     from vhdtool.disk.parents import open_parent  # parents imports this module
 
     path = Path(path)
-    if not raw:  # one place picks the reader: VHDX, or one line for formats we do not read
-        from vhdtool.disk.sniff import open_vhdx, readable_format  # sniff imports this module
-
-        if readable_format(path) == "vhdx":
-            return open_vhdx(path)
     fd, st = open_readonly(path)
     try:
         if raw:
             return FlatDisk(path, fd, st, st.st_size, "raw")
-        disk = _open_vhd(path, fd, st)
+        try:
+            disk = _open_vhd(path, fd, st)
+        except NotVhdError as exc:
+            other = _not_a_vhd(path, exc)
+            os.close(fd)
+            return other
         if disk.footer.disk_type == DiskType.DIFFERENCING:
             disk.parent = open_parent(disk, chain=[])
         return disk
     except BaseException:
         os.close(fd)
         raise
+
+
+def _not_a_vhd(path: Path, error: NotVhdError) -> Disk:
+    """The one place that opens what has no VHD footer: a VHDX with its reader; qcow2, VMDK and
+    VDI refused in one line saying how to convert them (sniff.py); anything else keeps `error`.
+    The footer is looked for first so that a VHD is opened with the reads it always took, and
+    a fixed VHD whose data happens to start with another format's signature stays a VHD."""
+    from vhdtool.disk.sniff import open_vhdx, readable_format  # sniff imports this module
+
+    if readable_format(path) == "vhdx":
+        return open_vhdx(path)
+    raise error
 
 
 def _open_vhd(path: Path, fd: int, st: os.stat_result) -> Disk:

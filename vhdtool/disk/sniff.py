@@ -24,7 +24,10 @@ READABLE = ("vhd", "vhdx", "raw")  # the others are named as qemu-img -f names t
 
 
 def sniff_bytes(head: bytes, size: int, fd: int) -> str:
-    """The format from the first 512 bytes (and, for a VHD, the footer at the end)."""
+    """The format from the VHD footer, else the first 512 bytes. The footer first, as
+    open_disk looks for it: a fixed VHD's first bytes are its guest's, whatever they hold."""
+    if locate_footer(fd, size) is not None:
+        return "vhd"
     if head.startswith(VHDX_SIGNATURE):
         return "vhdx"
     if head.startswith(b"QFI\xfb"):
@@ -33,8 +36,6 @@ def sniff_bytes(head: bytes, size: int, fd: int) -> str:
         return "vmdk"
     if head[64:68] == VDI_SIGNATURE:
         return "vdi"
-    if locate_footer(fd, size) is not None:
-        return "vhd"
     return "raw"
 
 
