@@ -6,7 +6,9 @@ every prepared or uploaded VHD passes `check --target azure`."""
 
 from __future__ import annotations
 
+import base64
 import builtins
+import hashlib
 import json
 import os
 import shutil
@@ -254,6 +256,8 @@ def test_image_capture_stores_a_vhdx_as_a_fixed_vhd(vhdx, cli, tmp_path):
     record = json.loads(done.out)
     stored = store / "vhds" / record["osDisk"]["name"]
     assert stored.suffix == ".vhd" and record["osDisk"]["sizeBytes"] == 70 * MiB + 512
+    md5 = base64.b64encode(hashlib.md5(stored.read_bytes()).digest()).decode()
+    assert record["osDisk"]["contentMd5"] == md5  # hashed in the same pass as the copy
     assert_azure_ready(cli, stored, reference(vhdx, "qemu-32m", tmp_path))
     qemu_compare(vhdx["qemu-32m"], stored)
 
