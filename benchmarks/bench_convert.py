@@ -24,15 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GiB, MiB, add_json_option, byte_compile, check, finish, interleaved, print_table, ratio  # noqa: E402
 
 
-def make_image(path: Path, size: int, fraction: float, seed: int = 1) -> int:
-    """A qemu dynamic VHD with `fraction` of its size written in 1 MiB pieces; returns bytes written."""
-    subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", str(path), str(size)], check=True)
+def make_image(path: Path, size: int, fraction: float, seed: int = 1, fmt: str = "vpc") -> int:
+    """A qemu dynamic image (VHD, or `fmt`) with `fraction` of its size written in 1 MiB pieces;
+    returns bytes written."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)], check=True)
     rng = random.Random(seed)
     slots = rng.sample(range(size // MiB - 1), int(size * fraction) // MiB)
     cmds = [f"write -P {1 + i % 255} {slot * MiB} 1M" for i, slot in enumerate(sorted(slots))]
     for i in range(0, len(cmds), 400):  # qemu-io runs every -c in one process
         args = [a for c in cmds[i : i + 400] for a in ("-c", c)]
-        subprocess.run(["qemu-io", "-f", "vpc", *args, str(path)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["qemu-io", "-f", fmt, *args, str(path)], check=True, stdout=subprocess.DEVNULL)
     return len(slots) * MiB
 
 

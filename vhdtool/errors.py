@@ -30,6 +30,10 @@ class NotVhdError(FormatError):
     """No VHD footer anywhere: the file may be a raw image."""
 
 
+class UnsupportedFormatError(FormatError):
+    """Another tool's format (qcow2, VMDK, VDI): the message says how to convert it."""
+
+
 class DamagedImageError(FormatError):
     """The image has structural damage that changes what its virtual disk reads."""
 

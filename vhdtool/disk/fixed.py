@@ -20,7 +20,19 @@ from vhdtool.format.vhd.footer import (
     seal_footer,
 )
 from vhdtool.disk.image import Disk, zero
+from vhdtool.disk.vhdx import VhdxDisk
 from vhdtool.format.sector import SECTOR
+
+
+def source_uuid(disk: Disk) -> bytes | None:
+    """The source's identity as a VHD footer UUID: a VHD's own; a VHDX's data write GUID (as
+    stored in the file), which its differencing children name as their parent linkage and
+    which changes whenever its data does (MS-VHDX 2.2.2, 2.6.2.6); none for a raw image."""
+    if disk.footer is not None:
+        return disk.footer.unique_id
+    if isinstance(disk, VhdxDisk):
+        return disk.current_header.data_write_guid.bytes_le
+    return None
 
 
 class FixedImage:
@@ -57,7 +69,7 @@ class FixedImage:
         footer = new_footer(
             self.data_size,
             DiskType.FIXED,
-            unique_id=src.unique_id if keep_uuid and src is not None else None,
+            unique_id=source_uuid(self.disk) if keep_uuid else None,
             timestamp=timestamp,
         )
         return seal_footer(footer)

@@ -32,7 +32,7 @@ from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, re
 from vhdtool.disk.findings import Report
 from vhdtool.disk.inspect import inspect_open
 from vhdtool.disk.vhd_rules.structure import Inspection, refuse_unreadable
-from vhdtool.errors import VhdError
+from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.bat import UNALLOCATED, bitmap_bytes, bitmap_sectors
 from vhdtool.format.vhd.footer import DiskType
@@ -66,6 +66,17 @@ class Disk:
 
     def allocated(self) -> Iterator[ranges.Range]:
         raise NotImplementedError
+
+    def _fill_absent(self, pos: int, view: memoryview) -> None:
+        """Sectors this image does not hold: zeros, or the parent's bytes (zeros past its end),
+        for the differencing formats (VHD and VHDX alike)."""
+        parent = self.parent
+        if parent is None or pos >= parent.virtual_size:
+            zero(view)
+            return
+        n = min(len(view), parent.virtual_size - pos)
+        parent.readinto(pos, view[:n])
+        zero(view[n:])
 
     def chain(self) -> list[Disk]:
         """This disk followed by its parents."""
@@ -192,16 +203,6 @@ class SparseDisk(Disk):
             else:
                 self._fill_absent(block_start + s, part)
 
-    def _fill_absent(self, pos: int, view: memoryview) -> None:
-        """Sectors this image does not hold: zeros, or the parent's bytes (zeros past its end)."""
-        parent = self.parent
-        if parent is None or pos >= parent.virtual_size:
-            zero(view)
-            return
-        n = min(len(view), parent.virtual_size - pos)
-        parent.readinto(pos, view[:n])
-        zero(view[n:])
-
     def own_allocated(self) -> Iterator[ranges.Range]:
         """Virtual ranges this file itself holds: bitmap-set sectors of allocated blocks,
         less what the filesystem reports as holes inside them."""
@@ -239,11 +240,44 @@ def open_disk(path: str | os.PathLike, *, raw: bool = False) -> Disk:
     try:
         refuse_unreadable(inspection)
         disk = disk_from(inspection)
+    except NotVhdError as exc:
+        inspection.close()
+        if inspection.found is None:  # no VHD footer: another format, or no image at all
+            return _not_a_vhd(path, exc)
+        raise
     except BaseException:
         inspection.close()
         raise
     disk.findings = inspection.report
     return disk
+
+
+def _not_a_vhd(path: Path, error: NotVhdError) -> Disk:
+    """The one place that opens what has no VHD footer: a VHDX with its reader; qcow2, VMDK and
+    VDI refused in one line saying how to convert them (sniff.py); anything else keeps `error`.
+    The footer is looked for first so that a VHD is opened with the reads it always took, and
+    a fixed VHD whose data happens to start with another format's signature stays a VHD."""
+    from vhdtool.disk.sniff import open_vhdx, readable_format  # sniff imports this module
+
+    if readable_format(path) == "vhdx":
+        return open_vhdx(path)
+    raise error
+
+
+def open_raw_image(path: str | os.PathLike) -> Disk:
+    """A file read as a raw disk image when the user says so (or its name does). Raw means raw
+    data: a qcow2, VMDK, VDI or VHDX image is refused, never read as its own bytes (the disk it
+    holds would be lost). Byte copies of any file use `open_disk(path, raw=True)` instead."""
+    from vhdtool.disk.sniff import sniff_bytes, unsupported
+
+    disk = open_disk(path, raw=True)
+    fmt = sniff_bytes(disk.read(0, min(SECTOR, disk.virtual_size)), disk.virtual_size, disk.fd)
+    if fmt in ("raw", "vhd"):
+        return disk
+    disk.close()
+    if fmt == "vhdx":
+        raise VhdError("is a VHDX image, not raw data: read it without --raw", disk.path)
+    raise unsupported(disk.path, fmt)
 
 
 def disk_from(inspection: Inspection) -> Disk:

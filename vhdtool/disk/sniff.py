@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vhdtool.disk.file import locate_footer, open_readonly
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
-from vhdtool.errors import FormatError
+from vhdtool.errors import UnsupportedFormatError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhdx.identifier import SIGNATURE as VHDX_SIGNATURE
 
@@ -25,7 +25,10 @@ READABLE = ("vhd", "vhdx", "raw")  # the others are named as qemu-img -f names t
 
 
 def sniff_bytes(head: bytes, size: int, fd: int) -> str:
-    """The format from the first 512 bytes (and, for a VHD, the footer at the end)."""
+    """The format from the VHD footer, else the first 512 bytes. The footer first, as
+    open_disk looks for it: a fixed VHD's first bytes are its guest's, whatever they hold."""
+    if locate_footer(fd, size) is not None:
+        return "vhd"
     if head.startswith(VHDX_SIGNATURE):
         return "vhdx"
     if head.startswith(b"QFI\xfb"):
@@ -34,8 +37,6 @@ def sniff_bytes(head: bytes, size: int, fd: int) -> str:
         return "vmdk"
     if head[64:68] == VDI_SIGNATURE:
         return "vdi"
-    if locate_footer(fd, size) is not None:
-        return "vhd"
     return "raw"
 
 
@@ -57,9 +58,9 @@ def readable_format(path: str | os.PathLike) -> str:
     return fmt
 
 
-def unsupported(path: str | os.PathLike, fmt: str) -> FormatError:
+def unsupported(path: str | os.PathLike, fmt: str) -> UnsupportedFormatError:
     """The one-line error for a format we recognise but do not read."""
-    return FormatError(
+    return UnsupportedFormatError(
         f"is a {fmt} image, which vhdtool does not read: convert it first with "
         f"`qemu-img convert -f {fmt} -O vpc -o subformat=fixed,force_size=on "
         f"{path} OUT.vhd`",

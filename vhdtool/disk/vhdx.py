@@ -177,15 +177,6 @@ class VhdxDisk(Disk):
                 else:
                     self._fill_absent(block_start + s, part)
 
-    def _fill_absent(self, pos: int, view: memoryview) -> None:
-        parent = self.parent
-        if parent is None or pos >= parent.virtual_size:
-            zero(view)
-            return
-        n = min(len(view), parent.virtual_size - pos)
-        parent.readinto(pos, view[:n])
-        zero(view[n:])
-
     def own_allocated(self) -> Iterator[ranges.Range]:
         """Virtual ranges whose bytes this file holds (FULLY_PRESENT blocks, less the holes the
         filesystem reports in them; PARTIALLY_PRESENT blocks through their bitmaps)."""

@@ -15,12 +15,12 @@ from vhdtool import ranges
 from vhdtool.workflows.create import validate_size
 from vhdtool.engine.pipeline import Source, Window
 from vhdtool.errors import NotVhdError, VhdError
-from vhdtool.disk.fixed import FixedImage
+from vhdtool.disk.fixed import FixedImage, source_uuid
 from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
 from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
 from vhdtool.format.sector import SECTOR
 from vhdtool.disk.file import raw_by_name
-from vhdtool.disk.image import Disk, open_disk
+from vhdtool.disk.image import Disk, open_disk, open_raw_image
 from vhdtool.engine.output import atomic_file
 from vhdtool.engine.sink import copy_nonzero, sparse_output
 from vhdtool.disk.writer import SparseImageWriter
@@ -40,19 +40,21 @@ class Converted:
 
 
 def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
-    """Open SRC as a VHD or a raw image; returns the disk and the rule that decided.
+    """Open SRC as a VHD, VHDX (open_disk tells them apart) or raw image; returns the disk
+    and the rule that decided.
 
     Raw only when asked (`--from raw`) or when the file has no VHD footer and its name ends
     in .raw or .img: a damaged VHD must never be taken for raw data.
     """
     path = Path(path)
     if given == "raw":
-        return open_disk(path, raw=True), "read as raw (--from raw)"
+        return open_raw_image(path), "read as raw (--from raw)"
     try:
-        return open_disk(path), "read as VHD"
+        disk = open_disk(path)
+        return disk, f"read as {'VHDX' if disk.kind == 'vhdx' else 'VHD'}"
     except NotVhdError:
         if given is None and raw_by_name(path):
-            return open_disk(path, raw=True), f"read as raw (no VHD footer, name ends in {path.suffix})"
+            return open_raw_image(path), f"read as raw (no VHD footer, name ends in {path.suffix})"
         raise
 
 
@@ -67,7 +69,7 @@ def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uu
                   force: bool) -> Converted:
     """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
     validate_size(size, DiskType.DYNAMIC, block_size)
-    unique_id = disk.footer.unique_id if keep_uuid and disk.footer is not None else None
+    unique_id = source_uuid(disk) if keep_uuid else None
     footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
     # The disk zero-extended to whole sectors (a raw source's last one may be partial), which
     # is what the writer's sectors hold: FixedImage's bytes without its footer.

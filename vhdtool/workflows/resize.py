@@ -108,6 +108,9 @@ def resize(
 
 def refuse(disk: Disk, new: int, allow_shrink: bool, discard_data: bool) -> None:
     """Raise if `disk` cannot (or, unasked, should not) take the virtual size `new`."""
+    if disk.kind == "vhdx":
+        raise VhdError("vhdtool reads VHDX but never writes it: resize the VHD that "
+                       "`vhdtool prepare` or `vhdtool convert` makes of it", disk.path)
     if disk.kind == "differencing":
         raise VhdError("a differencing image takes its parent's size: "
                        "merge it first (vhdtool convert --to fixed)", disk.path)

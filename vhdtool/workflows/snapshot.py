@@ -1,8 +1,8 @@
 """`vhdtool snapshot`: a point-in-time, byte-identical copy of an image file, sparse where the
 source has holes or all-zero pages.
 
-The image file is copied as a plain file (VHD metadata included, any VHD type): the engine
-runs over `open_disk(src, raw=True)`. Point-in-time: a reflink is atomic; a copy fails, and
+The image file is copied as a plain file (VHD or VHDX metadata included, any type): the
+engine runs over `open_disk(src, raw=True)`. Point-in-time: a reflink is atomic; a copy fails, and
 leaves nothing, if the source was modified while it was read.
 """
 
@@ -21,6 +21,7 @@ from vhdtool import ranges
 from vhdtool.engine.pipeline import nonzero_data, scan
 from vhdtool.errors import VhdError
 from vhdtool.disk.image import Disk, FlatDisk, open_disk, require_footer
+from vhdtool.disk.sniff import readable_format
 from vhdtool.engine.sink import RunHandler, copy_nonzero, sparse_output
 
 
@@ -33,8 +34,8 @@ class SnapshotResult:
     verified: bool
 
 
-def default_destination(src: Path, day: date) -> Path:
-    return src.with_name(f"{src.stem}-snapshot-{day:%Y-%m-%d}.vhd")
+def default_destination(src: Path, day: date, fmt: str = "vhd") -> Path:
+    return src.with_name(f"{src.stem}-snapshot-{day:%Y-%m-%d}.{fmt}")
 
 
 def fingerprint(st: os.stat_result) -> tuple[int, ...]:
@@ -59,8 +60,10 @@ def snapshot(
     every non-zero run copied, in order (none when the copy is a reflink)."""
     src = Path(src)
     with open_disk(src, raw=True) as source:
-        require_footer(source.fd, source.file_size, src)
-        target = Path(dest) if dest is not None else default_destination(src, date.today())
+        fmt = readable_format(src)  # a VHDX is copied as it is, like a VHD
+        if fmt != "vhdx":
+            require_footer(source.fd, source.file_size, src)
+        target = Path(dest) if dest is not None else default_destination(src, date.today(), fmt)
         check_not_source(src, target)
         before = fingerprint(source.stat)
         with sparse_output(target, source.file_size, force=force, numbered=dest is None, origin=source.fd) as out:

@@ -1,6 +1,6 @@
 """`vhdtool upload`: a VHD into an Azure page blob, sending only its non-zero 512-byte pages.
 
-The source (fixed, dynamic or differencing) is streamed as the fixed VHD it represents
+The source (any VHD, or a VHDX) is streamed as the fixed VHD it represents
 (`FixedImage`, no temporary file) in one engine pass: allocated data is read once, zero pages
 are dropped, the non-zero runs go out as Put Page requests (512-aligned, at most 4 MiB, each
 with the Content-MD5 of its body) from N workers. The same pass computes the sparse digest
@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from contextlib import nullcontext
 from threading import Condition
@@ -53,8 +54,9 @@ from vhdtool.azure.retry import RetryPolicy, TransferError
 from vhdtool.engine.digest import ContentMd5, b64, feed
 from vhdtool.engine.pipeline import Window, nonzero_data, progress_bar, scan
 from vhdtool.errors import VhdError
-from vhdtool.disk.fixed import FixedImage
+from vhdtool.disk.fixed import FixedImage, source_uuid
 from vhdtool.disk.image import Disk, SparseDisk, open_disk
+from vhdtool.format.vhd.timestamp import from_datetime
 from vhdtool.ranges import Range
 from vhdtool.workflows.delta import Widened, changes
 from vhdtool.workflows.journal import Journal
@@ -64,6 +66,7 @@ from vhdtool.workflows.sparse_digest import SparseDigest
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobProperties
+
 
 MiB = 1024 * 1024
 STATE_KEY = "vhdtool_state"
@@ -129,11 +132,11 @@ class SourceIdentity:
     @classmethod
     def of(cls, disk: Disk, blob_size: int) -> SourceIdentity:
         def tag(d: Disk) -> str:
-            return f"{d.stat.st_size}:{d.stat.st_mtime_ns}:{d.footer.unique_id.hex()}"
+            return f"{d.stat.st_size}:{d.stat.st_mtime_ns}:{source_uuid(d).hex()}"
 
         parents = [tag(d) for d in disk.chain()[1:]]
         digest = hashlib.sha256("/".join(parents).encode()).hexdigest()[:32] if parents else "none"
-        return cls(disk.stat.st_size, disk.stat.st_mtime_ns, disk.footer.unique_id.hex(), digest, blob_size)
+        return cls(disk.stat.st_size, disk.stat.st_mtime_ns, source_uuid(disk).hex(), digest, blob_size)
 
     def metadata(self, state: str) -> dict[str, str]:
         return {
@@ -162,18 +165,26 @@ class SourceIdentity:
         return self.mismatch(props) is None and (props.metadata or {}).get(STATE_KEY) == COMPLETE
 
 
+def source_timestamp(disk: Disk) -> int:
+    """A VHD's footer timestamp; a VHDX has none: its modification time, which the blob's
+    metadata records too, so a resumed upload builds the same footer."""
+    if disk.footer is not None:
+        return disk.footer.timestamp
+    return from_datetime(datetime.fromtimestamp(disk.stat.st_mtime, timezone.utc))
+
+
 def refuse_unfixable(disk: Disk, align: bool) -> None:
     """Refuse, before anything is sent, a source `check --target azure` fails for a reason that
     on-the-fly conversion cannot fix (damage, size limits, a non-MiB size without --align)."""
     from vhdtool.workflows.check import (
         REPAIRED_BY_ALIGNMENT,
         REPAIRED_BY_CONVERSION,
-        disk_report,
+        streamed_report,
         unrepaired,
     )
 
     path = disk.path
-    for finding in unrepaired(disk_report(disk, "azure"), REPAIRED_BY_CONVERSION):
+    for finding in unrepaired(streamed_report(disk, "azure"), REPAIRED_BY_CONVERSION):
         if finding.code in REPAIRED_BY_ALIGNMENT:
             if align:
                 continue
@@ -185,7 +196,7 @@ def fixed_image(disk: Disk, align: bool) -> FixedImage:
     """The fixed VHD to upload. Its footer bytes are the same on every run (source UUID and
     timestamp kept), so a resumed upload regenerates exactly what the first run began."""
     size = ranges.round_up(disk.virtual_size, MiB) if align else disk.virtual_size
-    return FixedImage(disk, size, keep_uuid=True, timestamp=disk.footer.timestamp)
+    return FixedImage(disk, size, keep_uuid=True, timestamp=source_timestamp(disk))
 
 
 class Pacer:

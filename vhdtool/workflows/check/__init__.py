@@ -54,3 +54,20 @@ def disk_report(disk: Disk, target: Target | str = Target.AZURE) -> Report:
         return vhdx_report(Report(redact(str(disk.path)), Target(target)), disk, None)
     return add_target_rules(replace(disk.findings, findings=list(disk.findings.findings)), disk.footer,
                             disk.file_size, Target(target))
+
+
+def streamed_report(disk: Disk, target: Target | str = Target.AZURE) -> Report:
+    """The check of the fixed VHD that upload and image capture write from `disk` on the fly:
+    its own findings and, for a VHDX (whose footer is made as it streams), Azure's rules on
+    that VHD in place of `azure.not-vhd`."""
+    report = disk_report(disk, target)
+    if disk.footer is None:
+        from vhdtool.disk.fixed import FixedImage
+        from vhdtool.format.vhd.footer import parse_footer
+        from vhdtool.workflows.check.target_rules import check_azure
+
+        report.findings = [f for f in report.findings if f.code != "azure.not-vhd"]
+        image = FixedImage(disk)
+        check_azure(report, report.target, parse_footer(image.footer_bytes), image.virtual_size)  # footer included
+    return report
+

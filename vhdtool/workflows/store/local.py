@@ -24,6 +24,7 @@ from vhdtool.engine.digest import b64, content_md5
 from vhdtool.workflows.store.writers import busy_reason, writers
 
 if TYPE_CHECKING:
+    from vhdtool.engine.sink import RunHandler
     from vhdtool.workflows.snapshot import SnapshotResult
 
 
@@ -32,6 +33,21 @@ def file_md5(path: Path, label: str) -> str:
 
     with open_disk(path, raw=True) as disk:
         return content_md5(disk, label)
+
+
+def fixed_copy(source: Path, dest: Path, *, tap: RunHandler | None = None) -> SnapshotResult:
+    """A VHDX stored as the fixed VHD it represents (Azure and every deploy take VHD only),
+    sparse, in one pass; `tap` sees every non-zero run, as snapshot's does."""
+    from vhdtool.disk.fixed import FixedImage
+    from vhdtool.disk.image import open_disk
+    from vhdtool.engine.sink import copy_nonzero, sparse_output
+    from vhdtool.workflows.snapshot import SnapshotResult
+
+    with open_disk(source) as disk:
+        image = FixedImage(disk)
+        with sparse_output(dest, image.virtual_size) as out:
+            copy_nonzero(image, out.put, f"capture {source.name}", tap)
+    return SnapshotResult(out.path, image.virtual_size, out.written, reflinked=False, verified=False)
 
 
 def utc_now() -> str:
@@ -70,6 +86,7 @@ class LocalStore(Store):
 
     def copy_in(self, source: Path, name: str, *, metadata: dict[str, str], md5: bool, log: Log,
                 numbered: bool = True) -> StoredDisk:
+        from vhdtool.disk.sniff import readable_format
         from vhdtool.engine.digest import ContentMd5
         from vhdtool.engine.output import staged_file
         from vhdtool.workflows.snapshot import snapshot
@@ -77,7 +94,8 @@ class LocalStore(Store):
         self.vhd_dir.mkdir(parents=True, exist_ok=True)
         hashing = ContentMd5() if md5 else None  # fed by the copy itself: one pass
         with staged_file(self.vhd_dir / name, numbered=numbered) as staged:
-            copied = snapshot(source, staged.temp, tap=hashing.add if hashing else None)
+            copy = fixed_copy if readable_format(source) == "vhdx" else snapshot
+            copied = copy(source, staged.temp, tap=hashing.add if hashing else None)
             digest = None
             if hashing is not None:  # a reflink copies no bytes: then the copy is read to hash it
                 digest = file_md5(staged.temp, source.name) if copied.reflinked else b64(hashing.digest(copied.size))

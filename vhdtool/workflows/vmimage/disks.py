@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vhdtool.errors import EXIT_PROBLEMS, VhdError
+from vhdtool.errors import EXIT_PROBLEMS, UnsupportedFormatError, VhdError
 from vhdtool.workflows.vmimage.names import CACHING, DATA_CACHING_DEFAULT, MAX_LUN, choice
 
 if TYPE_CHECKING:
@@ -99,15 +99,17 @@ def check_file(path: Path, os_disk: bool) -> Layout | None:
     if it fails; the OS disk's partition table, read from the same open disk."""
     from vhdtool.disk.image import open_disk
     from vhdtool.disk.partitions import read_layout
-    from vhdtool.workflows.check import check_image, disk_report
+    from vhdtool.workflows.check import check_image, streamed_report
 
     try:
         disk = open_disk(path)
+    except UnsupportedFormatError:  # qcow2, VMDK, VDI: the one line that says how to convert
+        raise
     except VhdError:  # missing, no VHD, or damaged: check says why (this one failure reads it again)
         refuse_failed(path, check_image(path, "azure"))
         raise
     with disk:
-        refuse_failed(path, disk_report(disk, "azure"))
+        refuse_failed(path, streamed_report(disk, "azure"))  # a VHDX is stored as a fixed VHD
         return read_layout(disk) if os_disk else None
 
 
