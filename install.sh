@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install vhdtool from this clone, then run `vhdtool ARGS...` if arguments are given.
-#   PyPI:   vhdtool and its dependencies (construct, numpy, typer, tqdm, azure-storage-blob), into
-#           the active venv, or into python3's site when it takes them, or else into ./.venv
+#   PyPI:   vhdtool and its dependencies (construct, numpy, typer, tqdm, azure-storage-blob,
+#           azure-identity, crc32c), into the active venv, or into python3's site when it takes them,
+#           or else into ./.venv
 #   Debian: python3-venv, via apt-get, when ./.venv is needed and python3 cannot make it (as root)
 # Nothing is written outside the clone except by pip into an active venv or python3's own site.
 set -euo pipefail

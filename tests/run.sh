@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the tests need (only what is missing), then run them.
 #   Debian: qemu-utils (qemu-img, qemu-io), libvhdi-utils (vhdiinfo), python3-libvhdi (pyvhdi),
-#           npm (Node.js for Azurite), time (GNU time), python3-venv where python3 is externally managed
-#   PyPI:   vhdtool itself with its [test] extra
+#           npm (Node.js for Azurite), fdisk and gdisk (partition fixtures), time (GNU time),
+#           python3-venv where python3 is externally managed
+#   PyPI:   vhdtool itself with its [test] and [plot] extras (pytest, hypothesis, ruff, mypy, matplotlib)
 #   npm:    Azurite, pinned, into ./.azurite
 # Extra arguments go to pytest.
 set -euo pipefail
