@@ -26,7 +26,7 @@ HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="vhdtool",
     help=(
-        "Validate, convert, snapshot and upload VHD disk images to Azure.\n\n"
+        "Validate, convert, snapshot and upload VHD and VHDX disk images to Azure.\n\n"
         "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage, 3 network gave up "
         "after retries (re-run to resume), 130 interrupted (Ctrl-C)."
     ),
@@ -57,7 +57,7 @@ def set_quiet(value: bool) -> bool:
 def root(
     version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=show_version, is_eager=True)] = False,
 ) -> None:
-    """Validate, convert, snapshot and upload VHD disk images to Azure."""
+    """Validate, convert, snapshot and upload VHD and VHDX disk images to Azure."""
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (shapes: see README).")]
@@ -108,7 +108,7 @@ def size_arg(text: str) -> int:
 
 @app.command()
 def info(
-    image: Annotated[str, typer.Argument(help="VHD file (fixed, dynamic or differencing), or a blob URL (with a SAS token, or signed in: see --auth).")],
+    image: Annotated[str, typer.Argument(help="VHD or VHDX file (fixed, dynamic or differencing), a raw image, or a blob URL (with a SAS token, or signed in: see --auth).")],
     raw: Annotated[bool, typer.Option("--raw", help="Treat IMAGE as a raw disk image.")] = False,
     as_json: JsonOpt = False,
     auth: AuthOpt = "auto",
@@ -206,7 +206,7 @@ def resize(
 
 @app.command("map")
 def map_(
-    image: Annotated[Path, typer.Argument(help="VHD file (fixed, dynamic or differencing).")],
+    image: Annotated[Path, typer.Argument(help="VHD or VHDX file (fixed, dynamic or differencing).")],
     as_json: JsonOpt = False,
     granularity: Annotated[str, typer.Option("--granularity", help="Page size of zero detection (a multiple of 512, at most 4MiB).")] = "512",
     quiet: QuietOpt = False,
@@ -222,7 +222,7 @@ def map_(
 
 @app.command()
 def snapshot(
-    src: Annotated[Path, typer.Argument(help="VHD file to copy (any type; read only).")],
+    src: Annotated[Path, typer.Argument(help="VHD or VHDX file to copy (any type; read only).")],
     out: Annotated[Optional[Path], typer.Option("-o", "--output", help="Destination (default: <stem>-snapshot-YYYY-MM-DD[-NN].vhd next to SRC).")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Re-read both files and compare them.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing -o destination.")] = False,
@@ -268,7 +268,7 @@ def source_format(from_: Optional[ConvertFrom], raw: bool) -> Optional[str]:
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="Source image: fixed, dynamic or differencing VHD, or raw.")],
+    src: Annotated[Path, typer.Argument(help="Source image: fixed, dynamic or differencing VHD or VHDX, or raw.")],
     dest: Annotated[Path, typer.Argument(help="Output file (written atomically, sparse).")],
     to: Annotated[ConvertTo, typer.Option("--to", help="Output format.")],
     from_: FromOpt = None,
@@ -299,7 +299,7 @@ def convert(
 
 @app.command()
 def check(
-    images: Annotated[list[Path], typer.Argument(help="The VHDs to check.", metavar="IMAGE...")],
+    images: Annotated[list[Path], typer.Argument(help="The VHD or VHDX images to check.", metavar="IMAGE...")],
     target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk), azure-managed-disk (direct upload) or generic (structure only).")] = "azure",
     as_json: JsonOpt = False,
 ) -> None:
@@ -327,7 +327,7 @@ def check(
 
 @app.command()
 def prepare(
-    src: Annotated[Path, typer.Argument(help="Any image: fixed, dynamic or differencing VHD, or raw.")],
+    src: Annotated[Path, typer.Argument(help="Any image: fixed, dynamic or differencing VHD or VHDX, or raw.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file (default: <stem>-azure.vhd next to SRC).")] = None,
     target: Annotated[str, typer.Option("--target", help="azure (page blob for a VM disk) or azure-managed-disk (direct upload).")] = "azure",
     from_: FromOpt = None,
@@ -373,7 +373,7 @@ def note(message: str) -> None:
 
 @app.command()
 def upload(
-    src: Annotated[Path, typer.Argument(help="VHD to upload: fixed, dynamic or differencing (read only).")],
+    src: Annotated[Path, typer.Argument(help="VHD or VHDX to upload: fixed, dynamic or differencing (read only), streamed as the fixed VHD it represents.")],
     dest: Annotated[Optional[str], typer.Argument(help="Blob URL with a SAS token, or without one to sign in with Azure AD (or use --container/--name).")] = None,
     container: ContainerOpt = None,
     name: NameOpt = None,
