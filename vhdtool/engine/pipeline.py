@@ -177,8 +177,6 @@ def _mapped(source: Source, start: int, end: int) -> memoryview | None:
     fd = getattr(source, "flat_fd", None)
     if fd is None or not _cached(fd, start, end):
         return None
-    # Populating a mapping faults a cold file in readahead windows (128 KiB); one hint
-    # reads the whole chunk in large requests instead (and costs little when it is cached).
     base = start - start % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page aligned
     try:
         mapping = mmap.mmap(fd, end - base, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ,
