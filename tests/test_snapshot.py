@@ -260,3 +260,31 @@ def test_progress_bar_on_a_terminal(fixed_with_zeros, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", screen)
     snapshot(fixed_with_zeros, tmp_path / "copy.vhd")
     assert "snapshot disk.vhd" in screen.getvalue() and "B/s" in screen.getvalue()
+
+
+class FastExit(Exception):
+    pass
+
+
+def test_program_skips_teardown_only_after_a_success_with_its_output_flushed(tmp_path, monkeypatch, capsys):
+    """`vhdtool` (cli.run) leaves with os._exit(0) once the snapshot is complete and its line
+    printed; a failure exits normally with its code."""
+    from vhdtool import cli
+
+    exits = []
+
+    def fast_exit(code):
+        exits.append(code)
+        raise FastExit
+
+    monkeypatch.setattr(os, "_exit", fast_exit)
+    dest = tmp_path / "copy.vhd"
+    monkeypatch.setattr(sys, "argv", ["vhdtool", "snapshot", str(FIXTURES / "windows-fixed-10m.vhd"), "-o", str(dest)])
+    with pytest.raises(FastExit):
+        cli.run()
+    assert exits == [0] and dest.read_bytes() == (FIXTURES / "windows-fixed-10m.vhd").read_bytes()
+    assert capsys.readouterr().out.startswith(f"snapshot {dest}:")
+    monkeypatch.setattr(sys, "argv", ["vhdtool", "snapshot", str(tmp_path / "missing.vhd")])
+    with pytest.raises(SystemExit) as failed:
+        cli.run()
+    assert failed.value.code == 2 and exits == [0]

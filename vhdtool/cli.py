@@ -822,5 +822,24 @@ def main() -> None:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `vhdtool` program: `main`, then, once it succeeded, leave without the interpreter's
+    teardown (25-85 ms freeing numpy, typer, the Azure SDK...). Safe then: every output is
+    durable and renamed, nothing registers atexit work, and no thread is left that the
+    interpreter would wait for (daemon threads die either way); the streams are flushed here.
+    Failures exit normally, and `main` stays callable in-process (tests)."""
+    import os
+    import threading
+
     main()
+    if all(thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:
+            return  # a closed pipe: the interpreter's own exit reports it as before
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    run()
