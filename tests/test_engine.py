@@ -3,7 +3,6 @@ reading holes, in bounded memory, across chunk boundaries, for files and every V
 
 from __future__ import annotations
 
-import mmap
 import os
 import random
 import threading
@@ -62,36 +61,6 @@ def test_runs_equal_brute_force(mixed_file, granularity, chunk_size, workers):
     with open_disk(path, raw=True) as disk:
         got = list(nonzero_runs(scan(disk, granularity=granularity, chunk_size=chunk_size, workers=workers)))
     assert got == page_runs(content, granularity)
-
-
-def drop_from_cache(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-@pytest.mark.parametrize("cached", [True, False])
-def test_flat_files_are_mapped_when_cached_and_read_when_not(mixed_file, cached):
-    """Cached chunks are scanned in place (no copy); cold ones are read in one request: the
-    runs and bytes are the same either way."""
-    path, content = mixed_file
-    if cached:
-        path.read_bytes()
-    else:
-        drop_from_cache(path)
-    with open_disk(path, raw=True) as disk:
-        if engine._cached(disk.fd, 0, 64 * KiB) != cached:
-            pytest.skip("the page cache cannot be checked or emptied here (no cachestat, tmpfs)")
-        mapped, runs = [], []
-        for chunk in scan(disk, chunk_size=64 * KiB, workers=2):
-            mapped.append(isinstance(chunk.view.obj, mmap.mmap))
-            runs += [(run, bytes(chunk.data(run))) for run in chunk.runs]
-    assert mapped[0] == cached and not mapped[-1]  # the short last page is always read
-    assert list(merge(run for run, _ in runs)) == page_runs(content, PAGE)
-    assert all(data == content[start:end] for (start, end), data in runs)
 
 
 def test_data_views_hold_the_bytes_and_respect_max_length(mixed_file):

@@ -136,11 +136,6 @@ class FlatDisk(Disk):
     def allocated(self) -> Iterator[ranges.Range]:
         return ranges.data_extents(self.fd, 0, self.virtual_size)
 
-    @property
-    def flat_fd(self) -> int:
-        """The file whose offsets are the disk's: the engine maps it instead of reading it."""
-        return self.fd
-
 
 class SparseDisk(Disk):
     """Dynamic (no parent) or differencing VHD: data in blocks mapped by the BAT.

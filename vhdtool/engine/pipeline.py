@@ -5,8 +5,7 @@ One implementation for every command that moves image data (snapshot, map, conve
 1. allocation: `source.allocated()` (SEEK_DATA/SEEK_HOLE for files, BAT and sector bitmaps
    for dynamic and differencing images) decides what is read at all;
 2. zero detection: allocated data is read chunk by chunk into a fixed pool of reused buffers
-   (readinto a preallocated uint64 array), or, for a flat file whose chunk is already in the
-   page cache, mapped and scanned in place (no copy at all); numpy OR-reduces each page
+   (readinto a preallocated uint64 array, no copies) and numpy OR-reduces each page
    (`granularity` bytes, default 512, Azure's page size); all-zero pages are dropped;
 3. range math (vhdtool.ranges): pages merged into runs, runs cut into bounded pieces.
 
@@ -18,10 +17,7 @@ the buffer pool, 2 * workers + 1 chunks (4 MiB each by default), whatever the si
 
 from __future__ import annotations
 
-import functools
-import mmap
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,7 +40,6 @@ MAX_WORKERS = 4
 # Threads per core: a thread waits on its read (cold cache) or write as often as it scans, so
 # two per core keep both the cores and the disk busy; more only add switching.
 THREADS_PER_CPU = 2
-CACHESTAT = 451  # syscall number, the same on every Linux architecture (asm-generic/unistd.h)
 
 
 class Source(Protocol):
@@ -66,7 +61,6 @@ class Window:
     def __init__(self, source: Source, start: int, end: int):
         self.source, self.start, self.virtual_size = source, start, end
         self.path = getattr(source, "path", None)  # named in read errors
-        self.flat_fd = getattr(source, "flat_fd", None)  # same offsets: the mapping stays valid
 
     def allocated(self) -> Iterator[Range]:
         return ranges.clip(self.source.allocated(), self.start, self.virtual_size)
@@ -125,10 +119,9 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     """Per page of `granularity` bytes, whether any of its words is non-zero.
 
     Cheap answers come first: a chunk starting with a zero word is likely all zeros, which
-    one count_nonzero settles (numpy's fastest whole-array test: 0.02 s/GiB, max 0.04); a
-    page whose first word is non-zero is data, so a chunk of data is settled by one word per
-    page. Only mixed chunks pay for the full per-page OR
-    (`out` is its scratch).
+    one count_nonzero settles (numpy's fastest whole-array test: 0.02 s/GiB, max 0.04); a page
+    whose first word is non-zero is data, so a chunk of data is settled by one word per page.
+    Only mixed chunks pay for the full per-page OR (`out` is its scratch).
     """
     pages = words.reshape(-1, granularity // 8)
     if words[0] == 0 and not np.count_nonzero(words):
@@ -139,69 +132,18 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
 
 
-@functools.cache
-def _cachestat():
-    """cachestat(2) (Linux 6.5; older kernels answer ENOSYS) through libc's syscall(), or None."""
-    import ctypes  # only once a flat file is scanned: keeps start-up light
-
-    func = getattr(ctypes.CDLL(None, use_errno=True), "syscall", None) if sys.platform == "linux" else None
-    if func is not None:
-        func.restype = ctypes.c_long
-    return func
-
-
-def _cached(fd: int, start: int, end: int) -> bool:
-    """Whether every page of [start, end) of the file is in the page cache (False when the
-    kernel cannot say)."""
-    func = _cachestat()
-    if func is None:
-        return False
-    import ctypes
-
-    span = (ctypes.c_uint64 * 2)(start, end - start)  # struct cachestat_range {off, len}
-    stat = (ctypes.c_uint64 * 5)()  # struct cachestat: nr_cache first
-    if func(CACHESTAT, fd, span, stat, 0) != 0:
-        return False
-    return stat[0] >= -(-end // mmap.PAGESIZE) - start // mmap.PAGESIZE
-
-
-def _mapped(source: Source, start: int, end: int) -> memoryview | None:
-    """[start, end) of a flat source (a file whose offsets are the disk's, `flat_fd`) mapped
-    read-only and populated in one call, or None when the chunk must be read instead.
-
-    Scanning the page cache in place and writing from it skips the copy into a buffer, the
-    engine's largest CPU cost: 0.06 s per GiB mapped vs 0.15 read (warm, 4 MiB chunks).
-    Only chunks already cached are mapped: faulting a cold file in goes by 128 KiB readahead
-    windows, slower than one 4 MiB read.
-    """
-    fd = getattr(source, "flat_fd", None)
-    if fd is None or not _cached(fd, start, end):
-        return None
-    base = start - start % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page aligned
-    try:
-        mapping = mmap.mmap(fd, end - base, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ,
-                            offset=base)
-    except (OSError, ValueError):
-        return None
-    return memoryview(mapping)[start - base :]  # unmapped when the last view of it is dropped
-
-
 def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int,
                 put: RunHandler | None) -> Chunk:
     length = end - start
     padded = ranges.round_up(length, granularity)
-    view = _mapped(source, start, end) if padded == length else None
-    if view is not None:
-        words = np.frombuffer(view, dtype=np.uint64)
-    else:
-        view, words = buf.bytes[:length], buf.words[: padded // 8]
-        try:
-            source.readinto(start, view)
-        except OSError as exc:
-            raise VhdError(f"cannot read {length:,} bytes at offset {start:,}: {exc.strerror or exc}",
-                           getattr(source, "path", None)) from None
-        buf.bytes[length:padded] = bytes(padded - length)  # past the source's end reads as zero
-    flags = nonzero_pages(words, granularity, buf.page_or)
+    view = buf.bytes[:length]
+    try:
+        source.readinto(start, view)
+    except OSError as exc:
+        raise VhdError(f"cannot read {length:,} bytes at offset {start:,}: {exc.strerror or exc}",
+                       getattr(source, "path", None)) from None
+    buf.bytes[length:padded] = bytes(padded - length)  # past the source's end reads as zero
+    flags = nonzero_pages(buf.words[: padded // 8], granularity, buf.page_or)
     runs = list(ranges.clip(ranges.true_runs(flags, granularity, start), start, end))
     chunk = Chunk(start, view, runs)
     if put is not None:
