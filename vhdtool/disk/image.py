@@ -67,6 +67,18 @@ class Disk:
     def allocated(self) -> Iterator[ranges.Range]:
         raise NotImplementedError
 
+    def _block_views(self, offset: int, buf: memoryview, block_size: int
+                     ) -> Iterator[tuple[int, int, int, memoryview]]:
+        """For a read of `buf` at `offset` of a block-based image: (block, offset within the
+        block, disk position, the part of `buf` in that block), block by block."""
+        self._check_range(offset, len(buf))
+        pos, end = offset, offset + len(buf)
+        while pos < end:
+            block, within = divmod(pos, block_size)
+            n = min(block_size - within, end - pos)
+            yield block, within, pos, buf[pos - offset : pos - offset + n]
+            pos += n
+
     def _fill_absent(self, pos: int, view: memoryview) -> None:
         """Sectors this image does not hold: zeros, or the parent's bytes (zeros past its end),
         for the differencing formats (VHD and VHDX alike)."""
@@ -172,17 +184,11 @@ class SparseDisk(Disk):
         return flags
 
     def readinto(self, offset: int, buf: memoryview) -> None:
-        self._check_range(offset, len(buf))
-        pos, end = offset, offset + len(buf)
-        while pos < end:
-            block, within = divmod(pos, self.block_size)
-            n = min(self.block_size - within, end - pos)
-            view = buf[pos - offset : pos - offset + n]
+        for block, within, pos, view in self._block_views(offset, buf, self.block_size):
             if self.block_entry(block) == UNALLOCATED:
                 self._fill_absent(pos, view)
             else:
                 self._read_block(block, within, view)
-            pos += n
 
     def _read_block(self, block: int, within: int, view: memoryview) -> None:
         flags = self.sector_flags(block)

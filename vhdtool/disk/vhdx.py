@@ -129,12 +129,7 @@ class VhdxDisk(Disk):
         return entry >> batfmt.OFFSET_SHIFT << batfmt.OFFSET_SHIFT
 
     def readinto(self, offset: int, buf: memoryview) -> None:
-        self._check_range(offset, len(buf))
-        pos, end = offset, offset + len(buf)
-        while pos < end:
-            block, within = divmod(pos, self.block_size)
-            n = min(self.block_size - within, end - pos)
-            view = buf[pos - offset : pos - offset + n]
+        for block, within, pos, view in self._block_views(offset, buf, self.block_size):
             state = self.block_state(block)
             if state == PayloadState.FULLY_PRESENT:
                 self.file_readinto(view, self.block_offset(block) + within)
@@ -146,7 +141,6 @@ class VhdxDisk(Disk):
                 zero(view)
             else:  # NOT_PRESENT, UNDEFINED: nothing here, the parent's bytes if there is one
                 self._fill_absent(pos, view)
-            pos += n
 
     def sector_flags(self, block: int, first: int, count: int) -> np.ndarray:
         """Presence of `count` logical sectors of `block` from sector `first`, per its bitmap."""
