@@ -230,3 +230,18 @@ def test_download_summary_says_retries_in_words(cli, azurite, container, tmp_pat
     assert cli("upload", str(FIXTURES / "windows-fixed-10m.vhd"), *target, env=env).code == 0
     down = cli("download", *target, "-o", str(tmp_path / "w.vhd"), env=env)
     assert down.code == 0 and ", 0 retries, " in down.out
+
+
+def test_the_program_runs_atexit_hooks_before_its_fast_exit(tmp_path):
+    """`vhdtool` skips the interpreter's teardown after a success, but what a wrapper or
+    logging registered with atexit still runs (bench_upload's I/O probe lost its numbers)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "hook-ran"
+    code = (f"import atexit, pathlib, runpy, sys; atexit.register(pathlib.Path({str(marker)!r}).touch); "
+            f"sys.argv = ['vhdtool', 'info', {str(FIXTURES / 'windows-fixed-10m.vhd')!r}, '--json']; "
+            "runpy.run_module('vhdtool.cli', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["virtual_size"] == 10 * 1024 * 1024, done.stderr
+    assert marker.exists()

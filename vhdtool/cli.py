@@ -825,14 +825,17 @@ def main() -> None:
 def run() -> None:
     """The `vhdtool` program: `main`, then, once it succeeded, leave without the interpreter's
     teardown (25-85 ms freeing numpy, typer, the Azure SDK...). Safe then: every output is
-    durable and renamed, nothing registers atexit work, and no thread is left that the
-    interpreter would wait for (daemon threads die either way); the streams are flushed here.
-    Failures exit normally, and `main` stays callable in-process (tests)."""
+    durable and renamed, and no thread is left that the interpreter would wait for (daemon
+    threads die either way); what was registered with atexit (logging's flush, a wrapper's
+    hooks) still runs, and the streams are flushed here. Failures exit normally, and `main`
+    stays callable in-process (tests)."""
+    import atexit
     import os
     import threading
 
     main()
     if all(thread.daemon for thread in threading.enumerate() if thread is not threading.main_thread()):
+        atexit._run_exitfuncs()  # CPython's own exit runs these first too; then they are gone
         try:
             sys.stdout.flush()
             sys.stderr.flush()
