@@ -781,7 +781,7 @@ def test_base_sends_only_the_childs_own_sectors(azurite, container, cli, tmp_pat
     then only the child's own sectors (counted at the proxy) and Clear Pages where it wrote
     zeros; the blob is the child's fixed form exactly."""
     child = FIXTURES / "chain-child1.vhd"
-    upload(FIXTURES / "chain-base.vhd", location(azurite, container, "base.vhd"))
+    upload(FIXTURES / "chain-base.vhd", location(azurite, container, "base.vhd"), UploadOptions(md5=True))
     expected = image_bytes(child)
     with open_disk(child) as disk:
         assert isinstance(disk, SparseDisk)
@@ -797,6 +797,8 @@ def test_base_sends_only_the_childs_own_sectors(azurite, container, cli, tmp_pat
     blob = container.get_blob_client("c.vhd")
     assert blob_content(blob) == expected
     assert blob.get_blob_properties().metadata["vhdtool_state"] == "complete"
+    # the parent's Content-MD5 came with the copy: the child's blob must not keep it
+    assert blob.get_blob_properties().content_settings.content_md5 is None
 
 
 def test_base_refuses_a_blob_that_is_not_the_parent(azurite, container, cli) -> None:

@@ -598,6 +598,7 @@ def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, opti
     held = leases.acquire(blob, props, options.log)
     try:
         blob.set_metadata(identity.metadata(PATCHING) | leases.holder_metadata(held.id), held.id)
+        blob.set_content_md5(None, held.id)  # Copy Blob brought the parent's whole-blob MD5
         own = list(ranges.merge(disk.own_allocated()))
         body, owned = Widened(Window(image, 0, image.data_size), own), ranges.SortedRanges(own)
         with Sender(blob, held.id, options.workers, Pacer(options.cap_mbps)) as sender:
