@@ -141,3 +141,21 @@ def test_fixed_image_needs_neither_numpy_nor_the_azure_sdk(command):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.splitlines()[-1] == "heavy: []"
+
+
+def test_info_json_redacts_a_signed_url_used_as_a_file_name(tmp_path):
+    """The path field of `info --json` (and check's messages) passed a SAS signature through
+    when a signed URL had been saved as a file name."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES
+
+    src = tmp_path / "a?sig=SECRET.vhd"
+    shutil.copy(FIXTURES / "windows-fixed-10m.vhd", src)
+    for args in (["info", str(src), "--json"], ["check", str(src), "--json"]):
+        done = subprocess.run([sys.executable, "-m", "vhdtool.cli", *args], capture_output=True, text=True)
+        assert "SECRET" not in done.stdout + done.stderr, args
+        assert "a?sig=REDACTED" in json.loads(done.stdout)["path"]

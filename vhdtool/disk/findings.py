@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from vhdtool.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE
+from vhdtool.redaction import redact
 
 
 class Severity(str, Enum):
@@ -223,7 +224,8 @@ class Report:
     az_disk_create: dict[str, Any] | None = None  # target azure-managed-disk: the az disk create line
 
     def add(self, code: str, message: str, fix: str | None = None, **numbers: int | str) -> None:
-        self.findings.append(Finding(code, CODES[code], message, fix, numbers))
+        # paths inside messages are untrusted names too: a signed URL given as a file
+        self.findings.append(Finding(code, CODES[code], redact(message), redact(fix) if fix else fix, numbers))
 
     @property
     def codes(self) -> list[str]:

@@ -35,6 +35,7 @@ from vhdtool.format.vhd.header import (
     parent_name,
 )
 from vhdtool.format.vhd.timestamp import to_iso
+from vhdtool.redaction import redact
 from vhdtool.workflows.check.layout import FlatView, inspection_layout
 from vhdtool.workflows.check.run import sniff_format
 
@@ -124,7 +125,7 @@ def describe_blob(url: str, access: Access | None = None) -> dict[str, Any]:
 
 def file_fields(path: Path, kind: str, virtual_size: int, st: os.stat_result) -> dict[str, Any]:
     return {
-        "path": str(path),
+        "path": redact(str(path)),
         "type": kind,
         "virtual_size": virtual_size,
         "file_size": st.st_size,

@@ -40,7 +40,7 @@ def vhdx_fields(disk: VhdxDisk) -> dict[str, Any]:
     """What the file's structures decode to, as far as they were read."""
     read = vars(disk)  # the reader sets each structure's attributes as it reads it
     out: dict[str, Any] = {
-        "path": str(disk.path),
+        "path": redact(str(disk.path)),
         "type": "vhdx",
         "subformat": disk.subformat if "has_parent" in read else None,
         "virtual_size": read.get("virtual_size"),
