@@ -18,7 +18,6 @@ SIGNATURE = b"EFI PART"
 HEADER_FIELDS_SIZE = 92  # header_size must be at least this and at most one logical block
 HEADER_CRC_OFFSET = 16
 ENTRY_SIZE = 128  # the smallest entry; the spec allows 128 * 2**n
-MIN_ENTRY_ARRAY = 16384  # the spec reserves at least this much for the array
 
 GptHeader = Struct(
     "signature" / Bytes(8),

@@ -7,6 +7,7 @@ import numpy as np
 
 from vhdtool.errors import FormatError
 from vhdtool.format.vhdx.fields import MiB
+from vhdtool.ranges import ceil_div
 
 BAT_DTYPE = np.dtype("<u8")
 STATE_MASK = 0x7
@@ -38,7 +39,7 @@ def chunk_ratio(logical_sector_size: int, block_size: int) -> int:
 
 
 def data_blocks(virtual_size: int, block_size: int) -> int:
-    return -(-virtual_size // block_size)
+    return ceil_div(virtual_size, block_size)
 
 
 def total_entries(
@@ -51,7 +52,7 @@ def total_entries(
     blocks = data_blocks(virtual_size, block_size)
     ratio = chunk_ratio(logical_sector_size, block_size)
     if has_parent:
-        return -(-blocks // ratio) * (ratio + 1)
+        return ceil_div(blocks, ratio) * (ratio + 1)
     return blocks + (blocks - 1) // ratio
 
 
