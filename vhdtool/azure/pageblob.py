@@ -284,20 +284,10 @@ class PageBlob:
 
         self.call(f"reading {len(buf):,} bytes at offset {offset:,}", read)
 
-    def copy_from(self, source: BlobLocation, poll: float = 0.2) -> None:
-        """Server-side copy of the blob at `source` (its SAS, if any, authorizes the read) onto
-        this one, waiting until the service has finished it."""
-        import time
-
-        url = f"{source.url}?{source.sas_token}" if source.sas_token else source.url
-        answer = self.call("starting the server-side copy", self.client.start_copy_from_url, url)
-        status = answer.get("copy_status")
-        while status == "pending":
-            time.sleep(poll)
-            props = self.properties()
-            status = props.copy.status if props is not None else "deleted"
-        if status != "success":
-            raise VhdError(f"the server-side copy ended {status}", self.location)
+    def start_copy(self, source: BlobLocation) -> None:
+        """Start a server-side copy of the blob at `source` onto this one (see copy_source_url);
+        the store's wait_for_copy follows it to its end."""
+        self.call("starting the server-side copy", self.client.start_copy_from_url, copy_source_url(source))
 
     def set_content_md5(self, md5: bytes | None, lease: str | None) -> None:
         """Set the blob's Content-MD5, or with None remove it."""
@@ -342,3 +332,14 @@ class PageBlob:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def copy_source_url(source: BlobLocation) -> str:
+    """The source URL a server-side copy reads. The copy keeps it as x-ms-copy-source, which
+    anyone who may read the new blob's properties sees, so it carries the least credential
+    there is: none when we hold the account key (Copy Blob authorizes a source in the
+    destination's account by the request's Shared Key), the source's own SAS when one was
+    given. A store given only a container SAS has nothing narrower to offer: a blob SAS
+    needs the account key or a user delegation key (Entra ID), so its copies carry that
+    container SAS (Put Page From URL would keep no copy source, at one request per 4 MiB)."""
+    return f"{source.url}?{source.sas_token}" if source.sas_token else source.url

@@ -577,7 +577,10 @@ def copy_base(blob: PageBlob, base: BlobLocation, child: Disk, size: int, option
     props = blob.properties()
     if props is not None and not options.overwrite:
         raise VhdError("the blob exists: use --overwrite to replace it with the base and this child", blob.location)
-    blob.copy_from(base)
+    from vhdtool.workflows.store.azure import wait_for_copy
+
+    blob.start_copy(base)
+    wait_for_copy(blob)
 
 
 def patch_base(blob: PageBlob, image: FixedImage, identity: SourceIdentity, options: UploadOptions,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from vhdtool.azure.location import BlobLocation, ContainerLocation, container_client
-from vhdtool.azure.pageblob import PageBlob
+from vhdtool.azure.pageblob import PageBlob, copy_source_url
 from vhdtool.azure.retry import Retrier, TransferError, describe, is_transient
 from vhdtool.errors import VhdError
 from vhdtool.workflows.store.base import IMAGE, VM, CopyTrail, DiskEntry, Log, Store, StoredDisk, candidate_names
@@ -47,17 +47,6 @@ def names_taken(location: BlobLocation, numbered: bool) -> VhdError:
     if numbered:
         return VhdError(f"every name up to {location.name} is taken", location)
     return VhdError("already exists", location)
-
-
-def copy_source_url(source: BlobLocation) -> str:
-    """The source URL a server-side copy reads. The copy keeps it as x-ms-copy-source, which
-    anyone who may read the new blob's properties sees, so it carries the least credential
-    there is: none when we hold the account key (Copy Blob authorizes a source in the
-    destination's account by the request's Shared Key), the source's own SAS when one was
-    given. A store given only a container SAS has nothing narrower to offer: a blob SAS
-    needs the account key or a user delegation key (Entra ID), so its copies carry that
-    container SAS (Put Page From URL would keep no copy source, at one request per 4 MiB)."""
-    return f"{source.url}?{source.sas_token}" if source.sas_token else source.url
 
 
 def blob_md5(blob: PageBlob, size: int) -> str:
