@@ -3,6 +3,7 @@ reading holes, in bounded memory, across chunk boundaries, for files and every V
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -258,3 +259,97 @@ def test_two_scan_threads_per_cpu(monkeypatch):
     assert engine.default_workers() == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert engine.default_workers() == engine.MAX_WORKERS == 4
+
+
+def direct_copy(tmp_path, monkeypatch, writes, size, *, chunk_size=engine.CHUNK):
+    """copy_nonzero into a sparse output, recording each direct and cached write as (fd kind,
+    offset, length, memory address); returns (source content, output bytes, the writes)."""
+    import ctypes
+
+    tmp_path = tmp_path / f"chunk-{chunk_size}"
+    tmp_path.mkdir()
+    src = tmp_path / "src.img"
+    content = write_sparse_file(src, size, writes)
+    seen = []
+    real_direct, real_cached = sink.SparseFile._write_direct, sink.SparseFile._write_cached
+
+    def spy(kind, real):
+        def write(self, offset, data):
+            if data:
+                address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+                seen.append((kind, offset, len(data), address))
+            return real(self, offset, data)
+        return write
+
+    monkeypatch.setattr(sink.SparseFile, "_write_direct", spy("direct", real_direct))
+    monkeypatch.setattr(sink.SparseFile, "_write_cached", spy("cached", real_cached))
+    dest = tmp_path / "out.img"
+    with open_disk(src, raw=True) as disk, sparse_output(dest, size) as out:
+        monkeypatch.setattr(sink, "scan", lambda *a, **k: engine.scan(*a, chunk_size=chunk_size, **k))
+        copy_nonzero(disk, out.put, "test", positional=True)
+    return content, dest.read_bytes(), seen
+
+
+def test_long_runs_go_direct_in_whole_pages_never_sharing_a_page_with_cached_writes(tmp_path, monkeypatch):
+    """Direct writes are page-aligned on disk and in memory, long runs only; their edges and
+    short runs go through the cache; no 4 KiB page is written both ways (coherence); bytes
+    exact. Chunks of 192 KiB + 512 put chunk edges off the page grid too."""
+    rng = random.Random(11)
+    size = 24 * MiB + 1536
+    writes = [(rng.randrange(0, size - 2 * MiB) // 512 * 512 + rng.choice([0, 512, 3584]),
+               rng.randbytes(rng.choice([300 * KiB + 512, 700 * KiB, 2 * MiB - 512, 1000])))
+              for _ in range(12)] + [(size - 600 * KiB, rng.randbytes(600 * KiB))]
+    for chunk_size in (engine.CHUNK, 3 * MiB + 512):
+        content, out, seen = direct_copy(tmp_path, monkeypatch, writes, size, chunk_size=chunk_size)
+        assert out == content
+        direct = [(o, n, a) for kind, o, n, a in seen if kind == "direct"]
+        assert direct, "no run went direct"
+        assert all(o % 4096 == n % 4096 == a % 4096 == 0 and n >= sink.DIRECT_MIN for o, n, a in direct)
+        direct_pages = {p for o, n, _ in direct for p in range(o // 4096, (o + n) // 4096)}
+        cached_pages = {p for kind, o, n, _ in seen if kind == "cached" for p in range(o // 4096, (o + n - 1) // 4096 + 1)}
+        assert not direct_pages & cached_pages
+
+
+def test_a_filesystem_refusing_direct_writes_gets_cached_ones(tmp_path, monkeypatch):
+    """EINVAL from a direct write (alignment this device does not take, a filesystem that
+    accepts O_DIRECT at open only): that run and all later ones go through the cache."""
+    real_pwrite = os.pwrite
+    refused = []
+
+    def pwrite(fd, data, offset):
+        if fcntl_flags(fd) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    writes = [(o * MiB, random.Random(o).randbytes(MiB)) for o in (1, 5, 9)]
+    content, out, seen = direct_copy(tmp_path, monkeypatch, writes, 12 * MiB)
+    assert out == content
+    assert len(refused) == 1  # the first one; then no more attempts
+
+
+def test_no_direct_io_at_all_still_copies(tmp_path, monkeypatch):
+    """A filesystem where open(O_DIRECT) fails (tmpfs before Linux 6.6): cached writes only."""
+    monkeypatch.setattr(sink, "open_direct", lambda fd: None)
+    writes = [(o * MiB, random.Random(o).randbytes(MiB)) for o in (0, 3)]
+    content, out, seen = direct_copy(tmp_path, monkeypatch, writes, 6 * MiB)
+    assert out == content and {kind for kind, *_ in seen} == {"cached"}
+
+
+def fcntl_flags(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def test_aligned_middle_needs_the_memory_aligned_too():
+    """The whole-page part of a run, on disk and in memory; memory off the page grid (a
+    caller's own buffer) or a short run: nothing goes direct."""
+    import mmap
+
+    memory = memoryview(mmap.mmap(-1, 4 * MiB))
+    assert sink.aligned_middle(8192, memory[: 2 * MiB]) == (0, 2 * MiB)
+    assert sink.aligned_middle(8192 + 512, memory[512 : 2 * MiB]) == (3584, 2 * MiB - 512)
+    assert sink.aligned_middle(8192, memory[512 : 2 * MiB]) == (0, 0)  # disk aligned, memory not
+    assert sink.aligned_middle(0, memory[: sink.DIRECT_MIN - 4096]) == (0, 0)

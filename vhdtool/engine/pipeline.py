@@ -5,7 +5,7 @@ One implementation for every command that moves image data (snapshot, map, conve
 1. allocation: `source.allocated()` (SEEK_DATA/SEEK_HOLE for files, BAT and sector bitmaps
    for dynamic and differencing images) decides what is read at all;
 2. zero detection: allocated data is read chunk by chunk into a fixed pool of reused buffers
-   (readinto a preallocated uint64 array, no copies) and numpy OR-reduces each page
+   (readinto page-aligned uint64 arrays, no copies) and numpy OR-reduces each page
    (`granularity` bytes, default 512, Azure's page size); all-zero pages are dropped;
 3. range math (vhdtool.ranges): pages merged into runs, runs cut into bounded pieces.
 
@@ -17,6 +17,7 @@ the buffer pool, 2 * workers + 1 chunks (4 MiB each by default), whatever the si
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -86,12 +87,22 @@ class Chunk:
 
 class _Buffer:
     """A reusable chunk buffer: uint64 words (for the scan), their bytes (for readinto), and
-    scratch for the per-page OR."""
+    scratch for the per-page OR.
+
+    The memory is an anonymous mapping, so page-aligned, and a chunk's bytes start at the
+    same offset within a memory page as the chunk within its disk page (`lead`): a run whose
+    disk offset is page-aligned is page-aligned in memory too, as direct I/O needs (see
+    vhdtool.engine.sink).
+    """
 
     def __init__(self, size: int, granularity: int):
-        self.words = np.empty(size // 8, dtype=np.uint64)
-        self.bytes = memoryview(self.words).cast("B")
+        self.memory = mmap.mmap(-1, size + mmap.PAGESIZE)
+        self.words = np.frombuffer(self.memory, dtype=np.uint64)
+        self.bytes = memoryview(self.memory)
         self.page_or = np.empty(size // granularity, dtype=np.uint64)
+
+    def lead(self, offset: int) -> int:
+        return offset % mmap.PAGESIZE
 
 
 def check_granularity(granularity: int) -> None:
@@ -119,12 +130,13 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     """Per page of `granularity` bytes, whether any of its words is non-zero.
 
     Cheap answers come first: a chunk starting with a zero word is likely all zeros, which
-    one count_nonzero settles (numpy's fastest whole-array test: 0.02 s/GiB, max 0.04); a page
+    one max settles (numpy's fastest whole-array test, 0.012 s/GiB in cache against 0.02 for
+    count_nonzero and 0.026 for any; it releases the GIL like them); a page
     whose first word is non-zero is data, so a chunk of data is settled by one word per page.
     Only mixed chunks pay for the full per-page OR (`out` is its scratch).
     """
     pages = words.reshape(-1, granularity // 8)
-    if words[0] == 0 and not np.count_nonzero(words):
+    if words[0] == 0 and not words.max():
         return np.zeros(len(pages), dtype=bool)
     first = pages[:, 0] != 0
     if first.all():
@@ -136,14 +148,15 @@ def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity:
                 put: RunHandler | None) -> Chunk:
     length = end - start
     padded = ranges.round_up(length, granularity)
-    view = buf.bytes[:length]
+    lead = buf.lead(start)  # a multiple of 8: chunks start on whole sectors
+    view = buf.bytes[lead : lead + length]
     try:
         source.readinto(start, view)
     except OSError as exc:
         raise VhdError(f"cannot read {length:,} bytes at offset {start:,}: {exc.strerror or exc}",
                        getattr(source, "path", None)) from None
-    buf.bytes[length:padded] = bytes(padded - length)  # past the source's end reads as zero
-    flags = nonzero_pages(buf.words[: padded // 8], granularity, buf.page_or)
+    buf.bytes[lead + length : lead + padded] = bytes(padded - length)  # past the source's end reads as zero
+    flags = nonzero_pages(buf.words[lead // 8 : (lead + padded) // 8], granularity, buf.page_or)
     runs = list(ranges.clip(ranges.true_runs(flags, granularity, start), start, end))
     chunk = Chunk(start, view, runs)
     if put is not None:

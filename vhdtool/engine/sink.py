@@ -5,8 +5,16 @@ When the output is a byte-for-byte copy of a plain file (`origin`, same offsets)
 whole-file reflink (FICLONE: shared extents, instant, point-in-time) is tried first, and on
 the same filesystem runs move with copy_file_range (no round trip through user space; a
 server-side copy on NFS, shared extents on XFS and btrfs). Anything else uses pwrite.
-Writeback is started every few MiB, so the disk works while the copy goes on and the final
-fsync of the atomic output finds little left to do.
+
+Long runs go to disk with direct I/O (O_DIRECT on a second descriptor of the same file,
+where the filesystem takes it): the engine's buffer is sent as it is, without a copy into
+the page cache, without evicting the cache (on a full cache, taking pages for 1.6 GiB of
+writes cost 0.3 to 3 s of system time here against 0.05 s direct), and the final fsync has
+only metadata left. Only whole 4 KiB pages of a run go direct, so no page is ever written
+both ways (the kernel keeps direct and cached writes coherent, but not a page cached by one
+thread while another writes it directly); the run's edges, short runs and everything on a
+filesystem without O_DIRECT take the paths above, with writeback started every few MiB so
+the disk works while the copy goes on and the final fsync finds little left to do.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 COPY_UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITEBACK_STEP = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
+# Direct I/O wants offsets, lengths and memory aligned to the device's logical block: 4 KiB
+# covers both 512-byte and 4K-native devices. A run shorter than DIRECT_MIN goes through the
+# cache, which merges scattered small writes that would each wait for the device.
+DIRECT_ALIGN = 4096
+DIRECT_MIN = 256 * 1024
 
 
 @functools.cache
@@ -58,6 +71,32 @@ def same_filesystem(a: int, b: int) -> bool:
     return os.fstat(a).st_dev == os.fstat(b).st_dev
 
 
+def open_direct(fd: int) -> int | None:
+    """A second descriptor of `fd`'s file for direct writes (its own open file, so `fd` keeps
+    its flags); None where the filesystem has no direct I/O. /proc/self/fd names our own
+    descriptor: nothing outside can redirect it."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+
+
+def aligned_middle(offset: int, data: memoryview) -> tuple[int, int]:
+    """The part of `data` (at file `offset`) made of whole DIRECT_ALIGN pages, in memory and
+    on disk, as (start, end) within `data`; empty when the two alignments differ."""
+    start = -offset % DIRECT_ALIGN
+    end = start + (len(data) - start) // DIRECT_ALIGN * DIRECT_ALIGN
+    if end - start < DIRECT_MIN or _address(data[start:]) % DIRECT_ALIGN:
+        return 0, 0
+    return start, end
+
+
+def _address(data: memoryview) -> int:
+    import ctypes  # only once something is written: keeps start-up light
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(data)) if not data.readonly else -1
+
+
 class SparseFile:
     """An output of `size` bytes that reads as zeros except where runs were put. `put` may be
     called from several threads at once (positional writes)."""
@@ -69,6 +108,14 @@ class SparseFile:
         self._unsynced = 0
         self._lock = threading.Lock()  # guards the two counters
         os.ftruncate(out.fd, size)
+        self.direct_fd = open_direct(out.fd)
+        self.direct = self.direct_fd is not None  # False once the filesystem refused a direct write
+
+    def close(self) -> None:
+        """Close the direct descriptor (the output's own is its owner's)."""
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
 
     @property
     def fd(self) -> int:
@@ -92,10 +139,32 @@ class SparseFile:
 
     def put(self, offset: int, data: memoryview) -> None:
         """Store one non-zero run at `offset` (`data` equals origin's bytes there, if any)."""
+        start, end = aligned_middle(offset, data) if self.direct else (0, 0)
+        if start < end and self._write_direct(offset + start, data[start:end]):
+            self._write_cached(offset, data[:start])
+            self._write_cached(offset + end, data[end:])
+        else:
+            self._write_cached(offset, data)
+        with self._lock:
+            self.written += len(data)
+
+    def _write_direct(self, offset: int, data: memoryview) -> bool:
+        assert self.direct_fd is not None  # self.direct
+        try:
+            pwrite_all(self.direct_fd, data, offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.direct = False  # this filesystem or device wants other alignments: cached from now on
+            return False
+        return True
+
+    def _write_cached(self, offset: int, data: memoryview) -> None:
+        if not data:
+            return
         if not (self.copy_ranges and self._copy_from_origin(offset, len(data))):
             pwrite_all(self.fd, data, offset)
         with self._lock:
-            self.written += len(data)
             self._unsynced += len(data)
             due = self._unsynced >= WRITEBACK_STEP
             if due:
@@ -130,7 +199,11 @@ def sparse_output(
 ) -> Iterator[SparseFile]:
     """A `SparseFile` that becomes `dest` atomically (see vhdtool.engine.output.atomic_file)."""
     with atomic_file(dest, force=force, numbered=numbered) as out:
-        yield SparseFile(out, size, origin)
+        sparse = SparseFile(out, size, origin)
+        try:
+            yield sparse
+        finally:
+            sparse.close()
 
 
 def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | None = None, *,

@@ -215,6 +215,7 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
         fd = partial.open_data(resume=bool(start))
     except OSError as exc:
         raise VhdError(f"cannot create the partial download: {exc.strerror}", partial.data) from None
+    out = None
     try:
         partial.record(start)
         out = SparseFile(PendingOutput(fd, dest, partial.data), info.size)
@@ -238,6 +239,8 @@ def transfer(blob: PageBlob, dest: Path, options: DownloadOptions) -> DownloadRe
         raise VhdError(f"writing failed: {exc.strerror or exc}; free the space or fix the cause and run the "
                        "same command again to resume", exc.filename or partial.data) from None
     finally:
+        if out is not None:
+            out.close()
         os.close(fd)
     return result
 

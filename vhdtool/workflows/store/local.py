@@ -46,7 +46,7 @@ def fixed_copy(source: Path, dest: Path, *, tap: RunHandler | None = None) -> Sn
     with open_disk(source) as disk:
         image = FixedImage(disk)
         with sparse_output(dest, image.virtual_size) as out:
-            copy_nonzero(image, out.put, f"capture {source.name}", tap)
+            copy_nonzero(image, out.put, f"capture {source.name}", tap, positional=True)
     return SnapshotResult(out.path, image.virtual_size, out.written, reflinked=False, verified=False)
 
 
