@@ -245,3 +245,26 @@ def test_the_program_runs_atexit_hooks_before_its_fast_exit(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and json.loads(done.stdout)["virtual_size"] == 10 * 1024 * 1024, done.stderr
     assert marker.exists()
+
+
+@pytest.mark.parametrize("args,built", [
+    (["info", "x.vhd"], {"info"}),
+    (["--version"], None),
+    (["-h"], None),
+    (["image", "list", "--store", "s"], {"image"}),
+    (["infoo", "x.vhd"], None),  # a typo: every name, for click's "No such command"
+])
+def test_only_the_invoked_command_is_built(args, built):
+    """Start-up (#17): typer converts each command's signature before running one, so main
+    builds just the named command (its group for `image`); help and unknown names get all."""
+    from vhdtool.cli import command_for
+
+    everything = set(typer.main.get_command(app).commands)
+    assert set(command_for(args).commands) == (built or everything)
+    assert set(typer.main.get_command(app).commands) == everything  # the app is left whole
+
+
+def test_a_mistyped_command_is_named_with_the_close_match(cli):
+    outcome = cli("infoo", "x.vhd")
+    one_line_usage_error(outcome, "")
+    assert "infoo" in outcome.err and "info" in outcome.err

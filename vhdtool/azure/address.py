@@ -4,13 +4,9 @@ $AZURE_STORAGE_CONNECTION_STRING)."""
 
 from __future__ import annotations
 
+from vhdtool.azure import is_blob_url
 from vhdtool.azure.location import Access, BlobLocation, redact, resolve_connection_string
 from vhdtool.errors import VhdError
-
-
-def is_blob_url(text: str) -> bool:
-    """Whether a command argument names a blob rather than a local file."""
-    return text.lower().startswith(("https://", "http://"))
 
 
 def blob_from_args(

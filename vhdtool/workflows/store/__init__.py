@@ -37,7 +37,7 @@ def default_store() -> Path:
 def open_store(spec: str | None = None, *, container: str | None = None,
                connection_string: str | None = None, access: Access | None = None) -> Store:
     """The store named by the options and environment (see the module docstring)."""
-    from vhdtool.azure.address import is_blob_url
+    from vhdtool.azure import is_blob_url
 
     if container is not None:
         if spec is not None:

@@ -67,7 +67,7 @@ def check_disk_set(disks: list[DiskSpec]) -> None:
 
 
 def is_url(text: str) -> bool:
-    from vhdtool.azure.address import is_blob_url
+    from vhdtool.azure import is_blob_url
 
     return is_blob_url(text)
 
