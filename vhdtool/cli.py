@@ -801,8 +801,8 @@ def command_for(args: list[str]) -> Any:
     20 ms of a start-up whose whole budget is about 70. Help and unknown names get them all."""
     wanted = next((arg for arg in args if not arg.startswith("-")), None)
     commands, groups = app.registered_commands, app.registered_groups
-    chosen = [c for c in commands if typer.main.get_command_name(c.name or c.callback.__name__) == wanted]
-    chosen_groups = [g for g in groups if g.typer_instance.info.name == wanted]
+    chosen = [c for c in commands if typer.main.get_command_name(c.name or getattr(c.callback, "__name__", "")) == wanted]
+    chosen_groups = [g for g in groups if g.typer_instance is not None and g.typer_instance.info.name == wanted]
     if not (chosen or chosen_groups):
         return typer.main.get_command(app)
     app.registered_commands, app.registered_groups = chosen, chosen_groups
