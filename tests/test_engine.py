@@ -253,12 +253,12 @@ def test_output_is_durable_before_it_gets_its_name(tmp_path, monkeypatch):
     assert dest.read_bytes() == src.read_bytes()
 
 
-def test_two_scan_threads_per_cpu(monkeypatch):
-    """Threads wait on reads (cold cache) as often as they scan: two per CPU, at most 4."""
+def test_four_scan_threads_per_cpu(monkeypatch):
+    """Threads mostly wait on reads (cold cache) and direct writes: four per CPU, at most 8."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    assert engine.default_workers() == 2
+    assert engine.default_workers() == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert engine.default_workers() == engine.MAX_WORKERS == 4
+    assert engine.default_workers() == engine.MAX_WORKERS == 8
 
 
 def direct_copy(tmp_path, monkeypatch, writes, size, *, chunk_size=engine.CHUNK):

@@ -37,10 +37,11 @@ from vhdtool.ranges import Range
 RunHandler = Callable[[int, memoryview], None]  # takes (offset, bytes) of a non-zero run
 PAGE = SECTOR  # default zero-detection granularity: a sector (and an Azure page, also 512 bytes)
 CHUNK = 4 * 1024 * 1024  # read unit
-MAX_WORKERS = 4
-# Threads per core: a thread waits on its read (cold cache) or write as often as it scans, so
-# two per core keep both the cores and the disk busy; more only add switching.
-THREADS_PER_CPU = 2
+MAX_WORKERS = 8
+# Threads per core: a thread mostly waits, on its read (cold cache) or its direct write, so
+# the disk needs several requests in flight per core: a cold 16 GiB scan took 7.9 s with 8
+# threads on 2 cores against 8.9-12.9 s with 4; warm (the cores busy) 8 cost nothing more.
+THREADS_PER_CPU = 4
 
 
 class Source(Protocol):
