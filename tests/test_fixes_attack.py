@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from conftest import FIXTURES
 from oracles import vhdtool
 
 
@@ -95,3 +96,12 @@ def test_a_raw_file_gets_one_hint(tmp_path, command):
     proc = vhdtool(command, str(path))
     assert refused(proc, "not a VHD"), proc.stderr
     assert proc.stderr.count("a raw disk image?") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("to", ["fixed", "raw"])
+def test_convert_to_a_blockless_output_refuses_a_block_size(tmp_path, to):
+    """--block-size given where there are no blocks is refused, not silently ignored."""
+    proc = vhdtool("convert", str(FIXTURES / "qemu-fixed-2m.vhd"), str(tmp_path / "x.out"), "--to", to,
+                   "--block-size", "1MiB")
+    assert refused(proc, "--block-size is for a dynamic VHD"), proc.stderr
+    assert not any(tmp_path.iterdir())

@@ -275,7 +275,7 @@ def convert(
     dest: Annotated[Path, typer.Argument(help="Output file (written atomically, sparse).")],
     to: Annotated[ConvertTo, typer.Option("--to", help="Output format.")],
     from_: FromOpt = None,
-    block_size: Annotated[str, typer.Option("--block-size", help="Block size of a dynamic output.")] = "2MiB",
+    block_size: Annotated[Optional[str], typer.Option("--block-size", help="Block size of a dynamic output (default 2MiB).")] = None,
     keep_uuid: Annotated[bool, typer.Option("--keep-uuid", help="Keep the source's UUID instead of a new one. Keep it when differencing children must still match this image as their parent (they find it by UUID); otherwise a new UUID keeps the copy distinct from the original.")] = False,
     raw: RawOpt = False,
     force: ForceOpt = False,
@@ -292,7 +292,7 @@ def convert(
 
     done = do_convert(
         src, dest, Format(to.value), from_=source_format(from_, raw),
-        block_size=size_arg(block_size), keep_uuid=keep_uuid, force=force,
+        block_size=None if block_size is None else size_arg(block_size), keep_uuid=keep_uuid, force=force,
     )
     if as_json:
         return emit_json(result_dict(done, format=to.value))

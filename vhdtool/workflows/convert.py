@@ -12,12 +12,11 @@ from enum import Enum
 from pathlib import Path
 
 from vhdtool import ranges
-from vhdtool.workflows.create import validate_size
+from vhdtool.workflows.create import dynamic_block_size, validate_size
 from vhdtool.engine.pipeline import Source, Window
 from vhdtool.errors import NotVhdError, VhdError
 from vhdtool.disk.fixed import FixedImage, source_uuid
 from vhdtool.format.vhd.footer import FOOTER_SIZE, DiskType, new_footer
-from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE
 from vhdtool.format.sector import SECTOR
 from vhdtool.disk.file import raw_by_name
 from vhdtool.disk.image import Disk, open_disk, open_raw_image
@@ -87,12 +86,14 @@ def convert(
     to: Format,
     *,
     from_: str | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: int | None = None,
     keep_uuid: bool = False,
     force: bool = False,
 ) -> Converted:
-    """Convert SRC to DEST, at the source's virtual size rounded up to a whole sector."""
+    """Convert SRC to DEST, at the source's virtual size rounded up to a whole sector;
+    `block_size` is a dynamic output's (default 2 MiB)."""
     dest = Path(dest)
+    blocks = dynamic_block_size(block_size, to == Format.dynamic)
     disk, _ = open_source(src, from_)
     with disk:
         if dest.exists() and dest.resolve() in {d.path.resolve() for d in disk.chain()}:
@@ -104,4 +105,4 @@ def convert(
             fixed = FixedImage(disk, size, keep_uuid=keep_uuid)
             done = write_sparse(fixed, dest, force=force, label="convert")
             return Converted(done.path, size, done.data_bytes - FOOTER_SIZE)  # its footer is never zero
-        return write_dynamic(disk, dest, size, block_size=block_size, keep_uuid=keep_uuid, force=force)
+        return write_dynamic(disk, dest, size, block_size=blocks, keep_uuid=keep_uuid, force=force)

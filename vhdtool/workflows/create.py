@@ -18,6 +18,14 @@ from vhdtool.disk.vhd_rules.bat_rules import bat_too_large
 from vhdtool.disk.writer import SparseImageWriter, block_count
 
 
+def dynamic_block_size(block_size: int | None, dynamic: bool) -> int:
+    """The block size of an output: `--block-size` given for a fixed or raw one, which has no
+    blocks, is refused rather than ignored."""
+    if block_size is not None and not dynamic:
+        raise VhdError("--block-size is for a dynamic VHD: a fixed VHD or a raw image has no blocks")
+    return DEFAULT_BLOCK_SIZE if block_size is None else block_size
+
+
 def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:
     """Refuse sizes no reader can take; return warnings for sizes some readers refuse."""
     if size <= 0 or size % SECTOR:
@@ -52,9 +60,7 @@ def create(
 
     `block_size` is for a dynamic image (default DEFAULT_BLOCK_SIZE); a fixed one has no blocks.
     """
-    if disk_type == DiskType.FIXED and block_size is not None:
-        raise VhdError("--block-size is for a dynamic VHD: a fixed VHD has no blocks")
-    block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
+    block_size = dynamic_block_size(block_size, disk_type == DiskType.DYNAMIC)
     warnings = validate_size(size, disk_type, block_size)
     with atomic_output(Path(out), force=force) as fd:
         if disk_type == DiskType.FIXED:
