@@ -5,7 +5,7 @@ Issue 17 target: `vhdtool --help` and `vhdtool info` of a fixed VHD take <= 2x t
 of `python3 -c pass` (the same interpreter); `check` of the same image is shown for context.
 The image is fixtures/azure-wa-fixed-4m.vhd. Commands run interleaved after a warm-up,
 medians; vhdtool's modules are byte-compiled first, as pip install does.
-Usage: python benchmarks/bench_startup.py [--repeats 30] [--json FILE]
+Usage: python benchmarks/bench_startup.py [--repeats 30] [--json FILE] [--dir IGNORED]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ TARGET = 2.0
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--dir", type=Path, default=None, help="unused: nothing is written (run_all.py gives every script one)")
     add_json_option(ap)
     args = ap.parse_args()
     byte_compile()
