@@ -197,9 +197,10 @@ def test_put_page_pieces(tmp_path):
 
 
 
-def test_positional_copy_writes_on_scan_threads_exact_bytes_and_keeps_holes(tmp_path):
-    """copy_nonzero(positional=True): SparseFile.put runs on the scan threads (writes off the
-    consumer, several in flight), and the output is byte-identical with its holes kept."""
+def test_positional_copy_writes_on_writer_threads_exact_bytes_and_keeps_holes(tmp_path):
+    """copy_nonzero(positional=True): SparseFile.put runs on the engine's writer threads (off
+    the consumer and the scanning threads, several in flight), and the output is
+    byte-identical with its holes kept."""
     src = tmp_path / "src.img"
     rng = random.Random(3)
     content = write_sparse_file(src, 64 * MiB, [(o * MiB, rng.randbytes(300 * KiB)) for o in range(0, 64, 5)]
@@ -217,7 +218,7 @@ def test_positional_copy_writes_on_scan_threads_exact_bytes_and_keeps_holes(tmp_
     assert dest.read_bytes() == content
     assert written == out.written == 13 * 300 * KiB
     assert dest.stat().st_blocks * 512 < 8 * MiB  # 3.8 MiB of data: the rest stayed holes
-    assert threads and all(name.startswith("vhdtool-scan") for name in threads)
+    assert threads and all(name.startswith("vhdtool-write") for name in threads)
 
 
 def test_in_order_sinks_get_runs_in_order_on_the_consumer(mixed_file):
@@ -353,3 +354,36 @@ def test_aligned_middle_needs_the_memory_aligned_too():
     assert sink.aligned_middle(8192 + 512, memory[512 : 2 * MiB]) == (3584, 2 * MiB - 512)
     assert sink.aligned_middle(8192, memory[512 : 2 * MiB]) == (0, 0)  # disk aligned, memory not
     assert sink.aligned_middle(0, memory[: sink.DIRECT_MIN - 4096]) == (0, 0)
+
+
+def test_a_buffer_is_reused_only_once_its_runs_are_written(mixed_file):
+    """Slow writes (a put that waits before it looks at its bytes) still see the bytes of
+    their own chunk: the engine reads nothing into a buffer whose runs are being written."""
+    import time
+
+    path, content = mixed_file
+    seen = {}
+
+    def slow_put(offset, data):
+        time.sleep(0.002)
+        seen[offset] = bytes(data)
+
+    with open_disk(path, raw=True) as disk:
+        for _ in scan(disk, chunk_size=16 * KiB, workers=2, put=slow_put):
+            pass
+    assert all(content[o : o + len(d)] == d for o, d in seen.items())
+    assert list(merge((o, o + len(d)) for o, d in sorted(seen.items()))) == page_runs(content)
+
+
+def test_a_failed_write_reaches_the_consumer(mixed_file):
+    """ENOSPC in a writer thread: the scan raises it, and no thread is left behind."""
+    path, _ = mixed_file
+
+    def full(offset, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = threading.active_count()
+    with open_disk(path, raw=True) as disk, pytest.raises(OSError, match="No space"):
+        for _ in scan(disk, chunk_size=16 * KiB, workers=2, put=full):
+            pass
+    assert threading.active_count() == before

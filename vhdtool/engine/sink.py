@@ -210,8 +210,8 @@ def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | 
                  positional: bool = False) -> int:
     """Hand every non-zero run of `source` to `put` (a SparseFile's, a dynamic writer's), with
     a progress bar over the scan; `tap` sees each run too, in order (to hash the copy in the
-    same pass). A `positional` put (SparseFile.put) runs on the scan threads, out of order;
-    any other gets the runs in order on this thread. Returns the bytes put."""
+    same pass). A `positional` put (SparseFile.put) runs on the engine's writer threads, out
+    of order; any other gets the runs in order on this thread. Returns the bytes put."""
     written = 0
     with progress_bar(source, label) as update:
         chunks = scan(source, progress=update, put=put if positional else None)
