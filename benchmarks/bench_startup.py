@@ -24,7 +24,7 @@ TARGET = 2.0
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--dir", type=Path, default=None, help="unused: nothing is written (run_all.py gives every script one)")
+    ap.add_argument("--dir", type=Path, default=None, help="unused: nothing is written (run_all.py passes one)")
     add_json_option(ap)
     args = ap.parse_args()
     byte_compile()
