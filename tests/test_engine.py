@@ -305,7 +305,7 @@ def test_long_runs_go_direct_in_whole_pages_never_sharing_a_page_with_cached_wri
         assert out == content
         direct = [(o, n, a) for kind, o, n, a in seen if kind == "direct"]
         assert direct, "no run went direct"
-        assert all(o % 4096 == n % 4096 == a % 4096 == 0 and n >= sink.DIRECT_MIN for o, n, a in direct)
+        assert all(o % 4096 == n % 4096 == a % 4096 == 0 and n >= sink.direct.MIN_LENGTH for o, n, a in direct)
         direct_pages = {p for o, n, _ in direct for p in range(o // 4096, (o + n) // 4096)}
         cached_pages = {p for kind, o, n, _ in seen if kind == "cached" for p in range(o // 4096, (o + n - 1) // 4096 + 1)}
         assert not direct_pages & cached_pages
@@ -332,7 +332,7 @@ def test_a_filesystem_refusing_direct_writes_gets_cached_ones(tmp_path, monkeypa
 
 def test_no_direct_io_at_all_still_copies(tmp_path, monkeypatch):
     """A filesystem where open(O_DIRECT) fails (tmpfs before Linux 6.6): cached writes only."""
-    monkeypatch.setattr(sink, "open_direct", lambda fd: None)
+    monkeypatch.setattr(sink.direct, "reopen", lambda fd, flags: None)
     writes = [(o * MiB, random.Random(o).randbytes(MiB)) for o in (0, 3)]
     content, out, seen = direct_copy(tmp_path, monkeypatch, writes, 6 * MiB)
     assert out == content and {kind for kind, *_ in seen} == {"cached"}
@@ -353,7 +353,7 @@ def test_aligned_middle_needs_the_memory_aligned_too():
     assert sink.aligned_middle(8192, memory[: 2 * MiB]) == (0, 2 * MiB)
     assert sink.aligned_middle(8192 + 512, memory[512 : 2 * MiB]) == (3584, 2 * MiB - 512)
     assert sink.aligned_middle(8192, memory[512 : 2 * MiB]) == (0, 0)  # disk aligned, memory not
-    assert sink.aligned_middle(0, memory[: sink.DIRECT_MIN - 4096]) == (0, 0)
+    assert sink.aligned_middle(0, memory[: sink.direct.MIN_LENGTH - 4096]) == (0, 0)
 
 
 def test_a_buffer_is_reused_only_once_its_runs_are_written(mixed_file):
@@ -382,8 +382,58 @@ def test_a_failed_write_reaches_the_consumer(mixed_file):
     def full(offset, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    before = threading.active_count()
     with open_disk(path, raw=True) as disk, pytest.raises(OSError, match="No space"):
         for _ in scan(disk, chunk_size=16 * KiB, workers=2, put=full):
             pass
-    assert threading.active_count() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("vhdtool-")]
+
+
+def drop_from_cache(path) -> None:
+    """Evict the file's pages from the page cache (clean pages: no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def scanned(path) -> dict[int, bytes]:
+    with open_disk(path, raw=path.suffix == ".img") as disk:
+        return {o: bytes(d) for o, d in nonzero_data(scan(disk, workers=3))}
+
+
+@pytest.mark.parametrize("kind", ["raw", "vhdx"])
+def test_pages_the_cache_does_not_hold_are_read_around_it_with_the_same_bytes(tmp_path, monkeypatch, kind):
+    """A cold file is read with O_DIRECT (no page-cache CPU), a cached part through the cache:
+    the same runs and bytes either way, for a raw file and a VHDX's payload blocks."""
+    import make_vhdx_fixtures as mk
+    from vhdtool.disk import direct, image
+
+    if kind == "raw":
+        path = tmp_path / "disk.img"
+        rng = random.Random(5)
+        write_sparse_file(path, 40 * MiB, [(o * MiB + 4096, rng.randbytes(2 * MiB)) for o in range(0, 36, 6)])
+    else:
+        path = mk.qemu_vhdx(tmp_path / "disk.vhdx", "40M", "1M",
+                            [f"write -P 0x{n + 1:02x} {n * 6 * MiB + 4096} {2 * MiB}" for n in range(6)])
+    warm = scanned(path)
+    direct_reads = []
+    real = image._read_direct
+    monkeypatch.setattr(image, "_read_direct", lambda fd, buf, offset: direct_reads.append(len(buf)) or real(fd, buf, offset))
+    drop_from_cache(path)
+    assert scanned(path) == warm
+    assert sum(direct_reads) >= 10 * MiB  # all but the short pieces where runs cross the 4 MiB grid
+    drop_from_cache(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert direct.none_cached(fd, 0, 4 * MiB)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead beyond
+        os.pread(fd, 20 * MiB, 0)  # the first half back in the cache: read through it
+        assert not direct.none_cached(fd, 0, 4 * MiB)
+    finally:
+        os.close(fd)
+    direct_reads.clear()
+    assert scanned(path) == warm
+    assert 0 < sum(direct_reads) <= 6 * MiB
+    assert warm and sum(map(len, warm.values())) == 6 * 2 * MiB

@@ -14,6 +14,7 @@ reports; the reader refuses any finding in CHANGES_CONTENT rather than read arou
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Self
@@ -23,6 +24,7 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
+from vhdtool.disk import direct
 from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, require_footer: re-exported
     FooterLocation,
     open_readonly,
@@ -51,6 +53,7 @@ class Disk:
 
     def __init__(self, path: Path, fd: int, st: os.stat_result):
         self.path, self.fd, self.stat = path, fd, st
+        self.direct_fd = direct.reopen(fd, os.O_RDONLY)  # for data the page cache does not hold
 
     @property
     def file_size(self) -> int:
@@ -104,6 +107,9 @@ class Disk:
             if disk.fd >= 0:
                 os.close(disk.fd)
                 disk.fd = -1
+            if disk.direct_fd is not None:
+                os.close(disk.direct_fd)
+                disk.direct_fd = None
 
     def __enter__(self) -> Self:
         return self
@@ -123,15 +129,36 @@ def zero(buf: memoryview) -> None:
     np.frombuffer(buf, dtype=np.uint8)[:] = 0
 
 
-def preadinto(fd: int, buf: memoryview, offset: int) -> None:
-    """Fill `buf` from the file at `offset`; bytes past EOF read as zeros."""
+def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = None) -> None:
+    """Fill `buf` from the file at `offset`; bytes past EOF read as zeros. Given `direct_fd`
+    (the file opened with O_DIRECT), a long aligned read of pages the page cache does not
+    hold goes around the cache (see vhdtool.disk.direct)."""
     done = 0
+    if direct_fd is not None and direct.can_read_direct(offset, buf) and direct.none_cached(fd, offset, len(buf)):
+        done = _read_direct(direct_fd, buf, offset)
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)
         if n == 0:
             zero(buf[done:])
             return
         done += n
+
+
+def _read_direct(fd: int, buf: memoryview, offset: int) -> int:
+    """Read what the device gives directly; the bytes read (short at EOF, or 0 where this
+    filesystem refuses the alignment after all: the caller reads the rest through the cache)."""
+    done = 0
+    while done < len(buf) and not done % direct.ALIGN:
+        try:
+            n = os.preadv(fd, [buf[done:]], offset + done)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            break
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 class FlatDisk(Disk):
@@ -143,7 +170,7 @@ class FlatDisk(Disk):
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._check_range(offset, len(buf))
-        preadinto(self.fd, buf, offset)
+        preadinto(self.fd, buf, offset, self.direct_fd)
 
     def allocated(self) -> Iterator[ranges.Range]:
         return ranges.data_extents(self.fd, 0, self.virtual_size)
@@ -196,7 +223,7 @@ class SparseDisk(Disk):
         window = flags[first:last]
         data_offset = self.block_data_offset(block)
         if window.all():
-            preadinto(self.fd, view, data_offset + within)
+            preadinto(self.fd, view, data_offset + within, self.direct_fd)
             return
         block_start = block * self.block_size
         present = ranges.true_runs(window, SECTOR, first * SECTOR)
@@ -205,7 +232,7 @@ class SparseDisk(Disk):
             s, e = max(s, within), min(e, within + len(view))
             part = view[s - within : e - within]
             if is_present:
-                preadinto(self.fd, part, data_offset + s)
+                preadinto(self.fd, part, data_offset + s, self.direct_fd)
             else:
                 self._fill_absent(block_start + s, part)
 

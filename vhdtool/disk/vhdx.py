@@ -98,7 +98,7 @@ class VhdxDisk(Disk):
         return bytes(buf)
 
     def file_readinto(self, buf: memoryview, offset: int) -> None:
-        preadinto(self.fd, buf, offset)
+        preadinto(self.fd, buf, offset, self.direct_fd)
         if self.overlay is not None:
             self.overlay.patch(buf, offset)
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vhdtool.disk import direct
 from vhdtool.engine.pipeline import RunHandler, Source, nonzero_data, progress_bar, scan
 from vhdtool.engine.output import PendingOutput, atomic_file
 
@@ -36,11 +37,6 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 COPY_UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITEBACK_STEP = 32 * 1024 * 1024
 SYNC_FILE_RANGE_WRITE = 2
-# Direct I/O wants offsets, lengths and memory aligned to the device's logical block: 4 KiB
-# covers both 512-byte and 4K-native devices. A run shorter than DIRECT_MIN goes through the
-# cache, which merges scattered small writes that would each wait for the device.
-DIRECT_ALIGN = 4096
-DIRECT_MIN = 256 * 1024
 
 
 @functools.cache
@@ -71,30 +67,15 @@ def same_filesystem(a: int, b: int) -> bool:
     return os.fstat(a).st_dev == os.fstat(b).st_dev
 
 
-def open_direct(fd: int) -> int | None:
-    """A second descriptor of `fd`'s file for direct writes (its own open file, so `fd` keeps
-    its flags); None where the filesystem has no direct I/O. /proc/self/fd names our own
-    descriptor: nothing outside can redirect it."""
-    try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except (OSError, AttributeError):
-        return None
-
-
 def aligned_middle(offset: int, data: memoryview) -> tuple[int, int]:
-    """The part of `data` (at file `offset`) made of whole DIRECT_ALIGN pages, in memory and
-    on disk, as (start, end) within `data`; empty when the two alignments differ."""
-    start = -offset % DIRECT_ALIGN
-    end = start + (len(data) - start) // DIRECT_ALIGN * DIRECT_ALIGN
-    if end - start < DIRECT_MIN or _address(data[start:]) % DIRECT_ALIGN:
+    """The part of `data` (at file `offset`) made of whole direct.ALIGN pages, in memory and
+    on disk, as (start, end) within `data`; empty when the two alignments differ or the part
+    is short (the cache merges scattered small writes that would each wait for the device)."""
+    start = -offset % direct.ALIGN
+    end = start + (len(data) - start) // direct.ALIGN * direct.ALIGN
+    if end - start < direct.MIN_LENGTH or direct.address(data[start:]) % direct.ALIGN:
         return 0, 0
     return start, end
-
-
-def _address(data: memoryview) -> int:
-    import ctypes  # only once something is written: keeps start-up light
-
-    return ctypes.addressof(ctypes.c_char.from_buffer(data)) if not data.readonly else -1
 
 
 class SparseFile:
@@ -108,7 +89,7 @@ class SparseFile:
         self._unsynced = 0
         self._lock = threading.Lock()  # guards the two counters
         os.ftruncate(out.fd, size)
-        self.direct_fd = open_direct(out.fd)
+        self.direct_fd = direct.reopen(out.fd, os.O_WRONLY)
         self.direct = self.direct_fd is not None  # False once the filesystem refused a direct write
 
     def close(self) -> None:

@@ -1,0 +1,82 @@
+"""Direct I/O beside the page cache: for data the cache does not hold, and for outputs.
+
+On this kind of machine (a VM, 4 KiB pages) the page cache costs more CPU than the disk: a cold
+16 GiB read through it took 21 s of system time on 2 cores against 0.9 s with O_DIRECT, and
+was slower. So a long read whose pages are all absent from the cache goes around it; any page
+present (a warm cache, or another program's unwritten data) and the read goes through the
+cache as usual, as do short reads and everything on a filesystem without O_DIRECT.
+
+Direct I/O wants offsets, lengths and memory aligned to the device's logical block: 4 KiB
+covers both 512-byte and 4K-native devices. Page residency is asked with mincore(2) on a
+mapping that is never touched, so a file truncated meanwhile cannot raise SIGBUS.
+"""
+
+from __future__ import annotations
+
+import functools
+import mmap
+import os
+
+ALIGN = 4096
+MIN_LENGTH = 256 * 1024  # shorter pieces go through the cache, which merges and reads ahead
+
+
+def reopen(fd: int, flags: int) -> int | None:
+    """A second descriptor of `fd`'s file with O_DIRECT and `flags` (its own open file, so
+    `fd` keeps its flags), or None where the filesystem has no direct I/O. /proc/self/fd
+    names our own descriptor: nothing outside can redirect it."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", flags | os.O_DIRECT | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+
+
+def address(buf: memoryview) -> int:
+    """Where `buf` starts in memory (-1 for a read-only buffer, which direct I/O never gets)."""
+    import ctypes  # here, not at the top: read-only commands never load it
+
+    if buf.readonly:
+        return -1
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+@functools.cache
+def _libc():  # -> ctypes.CDLL | None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def none_cached(fd: int, offset: int, length: int) -> bool:
+    """Whether no page of [offset, offset + length) of the file is in the page cache (False
+    when it cannot be told: then the cache is used)."""
+    import ctypes
+
+    libc = _libc()
+    if libc is None or offset % mmap.PAGESIZE:
+        return False
+    where = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+    if where in (None, ctypes.c_void_p(-1).value):
+        return False
+    try:
+        pages = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        flags = ctypes.create_string_buffer(pages)
+        if libc.mincore(where, length, flags) != 0:
+            return False
+        return flags.raw.count(0) == pages  # bit 0: resident; the others are reserved, zero
+    finally:
+        libc.munmap(where, length)
+
+
+def can_read_direct(offset: int, buf: memoryview) -> bool:
+    """A read the device can take directly: long, and aligned on disk and in memory."""
+    return len(buf) >= MIN_LENGTH and not (offset | len(buf)) % ALIGN and address(buf) % ALIGN == 0
