@@ -385,6 +385,11 @@ def test_floor_reads_only_data_extents_direct_and_writes_exact_synced_bytes(tmp_
     assert out.read_bytes() == b"\xa5" * (5 * MiB + 4096)
     with pytest.raises(FileExistsError):  # never over an existing file
         floor.write_synced(str(out), 1)
+    no_direct = tmp_path / "floor-cached.bin"  # a filesystem without O_DIRECT: written through the cache
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(floor.direct, "reopen", lambda fd, flags: None)
+        floor.write_synced(str(no_direct), 3 * MiB)
+    assert no_direct.read_bytes() == b"\xa5" * (3 * MiB)
     dynamic = qemu_dynamic(sparse.path, tmp_path / "dynamic.vhd")
     raw = tmp_path / "dynamic.raw"
     subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(dynamic.path), str(raw)], check=True)

@@ -354,6 +354,8 @@ def test_aligned_middle_needs_the_memory_aligned_too():
     assert sink.aligned_middle(8192 + 512, memory[512 : 2 * MiB]) == (3584, 2 * MiB - 512)
     assert sink.aligned_middle(8192, memory[512 : 2 * MiB]) == (0, 0)  # disk aligned, memory not
     assert sink.aligned_middle(0, memory[: sink.direct.MIN_LENGTH - 4096]) == (0, 0)
+    # a filesystem block larger than a page (bigalloc, 64 KiB XFS): whole blocks only
+    assert sink.aligned_middle(8192, memory[8192 : 2 * MiB], 65536) == (65536 - 8192, 2 * MiB - 8192)
 
 
 def test_a_buffer_is_reused_only_once_its_runs_are_written(mixed_file):

@@ -8,7 +8,9 @@ cache as usual, as do short reads and everything on a filesystem without O_DIREC
 
 Direct I/O wants offsets, lengths and memory aligned to the device's logical block: 4 KiB
 covers both 512-byte and 4K-native devices. Page residency is asked with mincore(2) on a
-mapping that is never touched, so a file truncated meanwhile cannot raise SIGBUS.
+mapping that is never touched, so a file truncated meanwhile cannot raise SIGBUS. Since Linux
+5.2 mincore says "all resident" for a file the caller neither owns nor may write (it would
+leak another user's reads): such a file is always read through the cache, as before.
 """
 
 from __future__ import annotations

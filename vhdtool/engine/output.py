@@ -129,6 +129,7 @@ def atomic_file(dest: str | os.PathLike, *, force: bool = False, numbered: bool 
         raise VhdError(f"cannot write output: {exc.strerror or exc}", dest) from None
     finally:
         os.close(out.fd)
+        out.fd = -1  # a late write fails (EBADF) rather than reach a file that reuses the number
         if out.temp is not None:
             out.temp.unlink(missing_ok=True)
 

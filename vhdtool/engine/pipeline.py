@@ -20,7 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -178,7 +178,7 @@ def scan(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     put: RunHandler | None = None,
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """The allocated data of `source`, chunk by chunk in disk order, with its non-zero runs.
 
     Chunks are read and scanned ahead on `workers` threads; `progress` is called with each

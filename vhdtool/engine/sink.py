@@ -25,12 +25,13 @@ import functools
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from vhdtool.disk import direct
 from vhdtool.engine.pipeline import RunHandler, Source, nonzero_data, progress_bar, scan
 from vhdtool.engine.output import PendingOutput, atomic_file
+from vhdtool.errors import VhdError
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 # copy_file_range cannot do this pair of files (another filesystem, an old kernel...): pwrite.
@@ -67,12 +68,12 @@ def same_filesystem(a: int, b: int) -> bool:
     return os.fstat(a).st_dev == os.fstat(b).st_dev
 
 
-def aligned_middle(offset: int, data: memoryview) -> tuple[int, int]:
-    """The part of `data` (at file `offset`) made of whole direct.ALIGN pages, in memory and
-    on disk, as (start, end) within `data`; empty when the two alignments differ or the part
+def aligned_middle(offset: int, data: memoryview, align: int = direct.ALIGN) -> tuple[int, int]:
+    """The part of `data` (at file `offset`) made of whole `align` units, on disk and in
+    memory, as (start, end) within `data`; empty when the two alignments differ or the part
     is short (the cache merges scattered small writes that would each wait for the device)."""
-    start = -offset % direct.ALIGN
-    end = start + (len(data) - start) // direct.ALIGN * direct.ALIGN
+    start = -offset % align
+    end = start + (len(data) - start) // align * align
     if end - start < direct.MIN_LENGTH or direct.address(data[start:]) % direct.ALIGN:
         return 0, 0
     return start, end
@@ -91,9 +92,14 @@ class SparseFile:
         os.ftruncate(out.fd, size)
         self.direct_fd = direct.reopen(out.fd, os.O_WRONLY)
         self.direct = self.direct_fd is not None  # False once the filesystem refused a direct write
+        # Direct writes cover whole filesystem blocks: one that filled part of a block larger
+        # than a page (ext4 bigalloc, 64 KiB XFS) could race a cached write to the rest of it.
+        self.align = max(direct.ALIGN, os.fstat(out.fd).st_blksize)
+        self.closed = False
 
     def close(self) -> None:
-        """Close the direct descriptor (the output's own is its owner's)."""
+        """Close the direct descriptor (the output's own is its owner's); any later put fails."""
+        self.closed = True
         if self.direct_fd is not None:
             os.close(self.direct_fd)
             self.direct_fd = None
@@ -120,7 +126,9 @@ class SparseFile:
 
     def put(self, offset: int, data: memoryview) -> None:
         """Store one non-zero run at `offset` (`data` equals origin's bytes there, if any)."""
-        start, end = aligned_middle(offset, data) if self.direct else (0, 0)
+        if self.closed:  # a writer thread outliving its copy must not write to a reused fd
+            raise VhdError("write after the output was closed", self.path)
+        start, end = aligned_middle(offset, data, self.align) if self.direct else (0, 0)
         if start < end and self._write_direct(offset + start, data[start:end]):
             self._write_cached(offset, data[:start])
             self._write_cached(offset + end, data[end:])
@@ -194,8 +202,10 @@ def copy_nonzero(source: Source, put: RunHandler, label: str, tap: RunHandler | 
     same pass). A `positional` put (SparseFile.put) runs on the engine's writer threads, out
     of order; any other gets the runs in order on this thread. Returns the bytes put."""
     written = 0
-    with progress_bar(source, label) as update:
-        chunks = scan(source, progress=update, put=put if positional else None)
+    # closing: an error here (a tap's, Ctrl-C) ends the scan, its writer threads joined, before
+    # the caller closes the output they write to
+    with progress_bar(source, label) as update, closing(scan(source, progress=update,
+                                                             put=put if positional else None)) as chunks:
         for offset, data in nonzero_data(chunks):
             if not positional:
                 put(offset, data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -73,7 +74,8 @@ def snapshot(
                 if fingerprint(os.fstat(source.fd)) != before:
                     raise VhdError("was modified while being copied; no snapshot was written", src)
             if verify:  # before the copy gets its name: a copy that fails is never published
-                compare(source, FlatDisk(target, out.fd, os.fstat(out.fd), out.size, "raw"))
+                with FlatDisk(target, os.dup(out.fd), os.fstat(out.fd), out.size, "raw") as copy:
+                    compare(source, copy)
     return SnapshotResult(out.path, source.file_size, out.written, reflinked, verify)
 
 
@@ -103,6 +105,7 @@ def compare(source: Disk, copy: Disk) -> None:
     if source.virtual_size != copy.virtual_size:
         raise VhdError(f"verify failed: the copy has {copy.virtual_size:,} bytes, the source "
                        f"{source.virtual_size:,}; no snapshot was written", source.path)
-    for start, _ in nonzero_data(scan(Difference(source, copy))):
-        raise VhdError(f"verify failed: the copy differs in the page at offset {start:,}; "
-                       "no snapshot was written", source.path)
+    with closing(scan(Difference(source, copy))) as chunks:  # no reader left on closed fds
+        for start, _ in nonzero_data(chunks):
+            raise VhdError(f"verify failed: the copy differs in the page at offset {start:,}; "
+                           "no snapshot was written", source.path)

@@ -16,9 +16,10 @@ import os
 import sys
 
 from vhdtool import ranges
+from vhdtool.disk import direct
 
 BLOCK = 16 * 1024 * 1024  # several requests in flight (the block layer splits at max_sectors_kb)
-ALIGN = 4096  # O_DIRECT offsets and lengths: the logical block size, at most a page
+ALIGN = direct.ALIGN  # O_DIRECT offsets and lengths
 READ = "import sys; from vhdtool.workflows.bench.floor import read_direct; read_direct(sys.argv[1])"
 WRITE = ("import sys; from vhdtool.workflows.bench.floor import write_synced; "
          "write_synced(sys.argv[1], int(sys.argv[2]))")
@@ -47,17 +48,16 @@ def write_synced(path: str, length: int) -> None:
     buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT requires
     buf.write(b"\xa5" * BLOCK)
     block = memoryview(buf)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(path, flags | os.O_DIRECT, 0o644)
-    except OSError:
-        fd = os.open(path, flags, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    writer = direct.reopen(fd, os.O_WRONLY)  # None where the filesystem has no direct I/O
     try:
         done, length = 0, ranges.round_up(length, ALIGN)
         while done < length:
-            done += os.write(fd, block[: min(BLOCK, length - done)])
+            done += os.pwrite(fd if writer is None else writer, block[: min(BLOCK, length - done)], done)
         os.fsync(fd)
     finally:
+        if writer is not None:
+            os.close(writer)
         os.close(fd)
 
 
