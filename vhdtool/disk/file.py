@@ -47,10 +47,12 @@ def open_readonly(path: Path) -> tuple[int, os.stat_result]:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise VhdError(exc.strerror or str(exc), path) from None
-    # Images are read front to back (the engine, in disk order): a doubled readahead window
-    # keeps more reads in flight on a cold cache. A hint: platforms without it just read.
+    # No readahead: the engine keeps its own reads in flight, and data the cache does not hold
+    # is read around it (vhdtool.disk.direct); readahead behind a short read (a bitmap, a
+    # piece cut at a chunk edge) would pull the data after it in through the cache, at the
+    # cache's CPU cost. A hint: platforms without it just read.
     if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return fd, st
 
 

@@ -131,10 +131,12 @@ def zero(buf: memoryview) -> None:
 
 def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = None) -> None:
     """Fill `buf` from the file at `offset`; bytes past EOF read as zeros. Given `direct_fd`
-    (the file opened with O_DIRECT), a long aligned read of pages the page cache does not
-    hold goes around the cache (see vhdtool.disk.direct)."""
+    (the file opened with O_DIRECT), a read whose pages the page cache holds none of goes
+    around the cache (see vhdtool.disk.direct), short ones too: a short read through it would
+    cache the page it shares with the next piece (a dynamic VHD's next bitmap and block), and
+    that piece would then go through the cache."""
     done = 0
-    if direct_fd is not None and direct.can_read_direct(offset, buf) and direct.none_cached(fd, offset, len(buf)):
+    if direct_fd is not None and direct.none_cached(fd, offset, len(buf)):
         done = _read_direct(direct_fd, buf, offset)
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)
@@ -145,8 +147,19 @@ def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = Non
 
 
 def _read_direct(fd: int, buf: memoryview, offset: int) -> int:
-    """Read what the device gives directly; the bytes read (short at EOF, or 0 where this
-    filesystem refuses the alignment after all: the caller reads the rest through the cache)."""
+    """Read `buf` at `offset` directly, in place or through this thread's bounce buffer;
+    returns the bytes read (short at EOF, or 0 where this filesystem refuses the alignment
+    after all: the caller reads the rest through the cache)."""
+    if direct.in_place(offset, buf):
+        return _pread_direct(fd, buf, offset)
+    start = offset - offset % direct.ALIGN
+    scratch = direct.bounce(ranges.round_up(offset + len(buf), direct.ALIGN) - start)
+    n = max(0, min(len(buf), _pread_direct(fd, scratch, start) - (offset - start)))
+    buf[:n] = scratch[offset - start : offset - start + n]
+    return n
+
+
+def _pread_direct(fd: int, buf: memoryview, offset: int) -> int:
     done = 0
     while done < len(buf) and not done % direct.ALIGN:
         try:
@@ -205,8 +218,9 @@ class SparseDisk(Disk):
         cached = self._bitmap_cache
         if cached is not None and cached[0] == block:
             return cached[1]
-        raw = pread_exact(self.fd, self.bitmap_size, self.block_entry(block) * SECTOR)
-        flags = bitmap_sectors(raw.ljust(self.bitmap_size, b"\0"), self.sectors_per_block)
+        raw = bytearray(self.bitmap_size)
+        preadinto(self.fd, memoryview(raw), self.block_entry(block) * SECTOR, self.direct_fd)
+        flags = bitmap_sectors(bytes(raw), self.sectors_per_block)
         self._bitmap_cache = (block, flags)
         return flags
 
