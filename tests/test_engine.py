@@ -446,3 +446,18 @@ def test_pages_the_cache_does_not_hold_are_read_around_it_with_the_same_bytes(tm
     assert scanned(path) == warm
     assert 0 < sum(direct_reads) <= 6 * MiB
     assert warm and sum(map(len, warm.values())) == 6 * 2 * MiB
+
+
+def test_each_bitmap_is_read_once_per_scan(monkeypatch):
+    """Several scanning threads on a dynamic VHD share the kept bitmaps: read around the
+    page cache, each re-read would be a trip to the disk."""
+    from collections import Counter
+
+    from vhdtool.disk import image
+
+    reads: Counter[int] = Counter()
+    real = image.SparseDisk._read_bitmap
+    monkeypatch.setattr(image.SparseDisk, "_read_bitmap", lambda self, block: reads.update([block]) or real(self, block))
+    with open_disk(FIXTURES / "qemu-dynamic-20m.vhd") as disk:
+        chunks = list(nonzero_runs(scan(disk, chunk_size=64 * KiB, workers=4)))
+    assert chunks and reads and max(reads.values()) == 1

@@ -15,6 +15,7 @@ reports; the reader refuses any finding in CHANGES_CONTENT rather than read arou
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from pathlib import Path
 from typing import Self
@@ -189,6 +190,12 @@ class FlatDisk(Disk):
         return ranges.data_extents(self.fd, 0, self.virtual_size)
 
 
+# Bitmaps of a dynamic or differencing VHD kept in memory (4 KiB each for 2 MiB blocks): the
+# read plan walks them a few dozen blocks ahead of the scanning threads, which read each again;
+# read around the page cache, a bitmap not kept would cost a trip to the disk each time.
+BITMAPS_KEPT = 256
+
+
 class SparseDisk(Disk):
     """Dynamic (no parent) or differencing VHD: data in blocks mapped by the BAT.
 
@@ -205,7 +212,7 @@ class SparseDisk(Disk):
         self.block_size = header.block_size
         self.bitmap_size = bitmap_bytes(self.block_size)
         self.sectors_per_block = self.block_size // SECTOR
-        self._bitmap_cache: tuple[int, np.ndarray] | None = None
+        self._bitmaps = functools.lru_cache(maxsize=BITMAPS_KEPT)(self._read_bitmap)
 
     def block_entry(self, block: int) -> int:
         return int(self.bat[block]) if block < len(self.bat) else UNALLOCATED
@@ -214,14 +221,15 @@ class SparseDisk(Disk):
         return self.block_entry(block) * SECTOR + self.bitmap_size
 
     def sector_flags(self, block: int) -> np.ndarray:
-        """Per-sector presence bits of an allocated block (cached for sequential reads)."""
-        cached = self._bitmap_cache
-        if cached is not None and cached[0] == block:
-            return cached[1]
+        """Per-sector presence bits of an allocated block (read-only; the last BITMAPS_KEPT
+        are kept, as the read plan reads them just ahead of the scanning threads)."""
+        return self._bitmaps(block)
+
+    def _read_bitmap(self, block: int) -> np.ndarray:
         raw = bytearray(self.bitmap_size)
         preadinto(self.fd, memoryview(raw), self.block_entry(block) * SECTOR, self.direct_fd)
         flags = bitmap_sectors(bytes(raw), self.sectors_per_block)
-        self._bitmap_cache = (block, flags)
+        flags.setflags(write=False)
         return flags
 
     def readinto(self, offset: int, buf: memoryview) -> None:
