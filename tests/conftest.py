@@ -19,6 +19,14 @@ def fixtures_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vhdx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every VHDX fixture of make_vhdx_fixtures, made once for the session: name -> path."""
+    import make_vhdx_fixtures
+
+    return make_vhdx_fixtures.make_all(tmp_path_factory.mktemp("vhdx"))
+
+
+@pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory):
     """One Azurite blob service for the session. Installed if missing; never skipped: a test
     that needs it fails loudly when it cannot run."""

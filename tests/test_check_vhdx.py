@@ -23,11 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def vhdx(tmp_path_factory) -> dict[str, Path]:
-    return mk.make_all(tmp_path_factory.mktemp("vhdx"))
-
-
-@pytest.fixture(scope="module")
 def partitioned(tmp_path_factory) -> dict[str, Path]:
     """The partition fixtures (fixed VHDs, raw images beside them), and GPT+ESP and MBR ones
     as VHDX, written block by block from the raw image."""

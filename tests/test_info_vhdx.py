@@ -15,12 +15,7 @@ from vhdtool.format.vhdx.header import HEADER_OFFSETS
 from vhdtool.workflows.info import describe
 
 MiB = 1024 * 1024
-QEMU_MADE = ["qemu-1m", "qemu-8m", "qemu-32m", "qemu-fixed"]
-
-
-@pytest.fixture(scope="module")
-def vhdx(tmp_path_factory) -> dict[str, Path]:
-    return mk.make_all(tmp_path_factory.mktemp("vhdx"))
+QEMU_MADE = mk.QEMU_MADE
 
 
 def current(data: dict) -> dict:

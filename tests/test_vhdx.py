@@ -24,12 +24,7 @@ from vhdtool.disk.vhdx_errors import VhdxError
 from vhdtool.format.vhdx.bat import HOLDS_DATA, PayloadState
 
 MiB = 1024 * 1024
-QEMU_MADE = ["qemu-1m", "qemu-8m", "qemu-32m", "qemu-fixed"]
-
-
-@pytest.fixture(scope="session")
-def vhdx(tmp_path_factory) -> dict[str, Path]:
-    return mk.make_all(tmp_path_factory.mktemp("vhdx"))
+QEMU_MADE = mk.QEMU_MADE
 
 
 def read_all(path: Path) -> bytes:

@@ -30,18 +30,18 @@ from vhdtool.format.vhd.geometry import chs_for_size
 from vhdtool.format.vhdx.bat import PayloadState
 
 MiB = 1024 * 1024
-QEMU_MADE = ["qemu-1m", "qemu-8m", "qemu-32m", "qemu-fixed"]
+QEMU_MADE = mk.QEMU_MADE
 OWN_MADE = ["own-4k", "own-4k-32m", "diff-child", "pending-log"]
 CONVERT_HINT = "-O vpc -o subformat=fixed,force_size=on"
 
 
 @pytest.fixture(scope="module")
-def vhdx(tmp_path_factory) -> dict[str, Path]:
-    made = mk.make_all(tmp_path_factory.mktemp("vhdx"))
+def vhdx(vhdx, tmp_path_factory) -> dict[str, Path]:
+    """conftest's VHDX fixtures and one more."""
     # 10000 KiB: not a whole MiB, which prepare rounds up and upload takes only with --align
-    made["qemu-odd"] = mk.qemu_vhdx(made["qemu-1m"].with_name("qemu-odd.vhdx"), "10000K", "1M",
-                                    ["write -P 0x42 9M 512k", "write -P 0x43 9999k 1k"])
-    return made
+    odd = mk.qemu_vhdx(tmp_path_factory.mktemp("vhdx-odd") / "qemu-odd.vhdx", "10000K", "1M",
+                       ["write -P 0x42 9M 512k", "write -P 0x43 9999k 1k"])
+    return {**vhdx, "qemu-odd": odd}
 
 
 def qemu_fixed_vhd(src: Path, out: Path) -> bytes:
