@@ -29,7 +29,6 @@ from vhdtool.disk import direct
 from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, require_footer: re-exported
     FooterLocation,
     open_readonly,
-    pread_exact,
     require_footer,
 )
 from vhdtool.disk.findings import Report
@@ -137,7 +136,7 @@ def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = Non
     cache the page it shares with the next piece (a dynamic VHD's next bitmap and block), and
     that piece would then go through the cache."""
     done = 0
-    if direct_fd is not None and direct.none_cached(fd, offset, len(buf)):
+    if direct_fd is not None and buf and direct.none_cached(fd, offset, len(buf)):
         done = _read_direct(direct_fd, buf, offset)
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)

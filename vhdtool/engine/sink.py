@@ -10,9 +10,9 @@ Long runs go to disk with direct I/O (O_DIRECT on a second descriptor of the sam
 where the filesystem takes it): the engine's buffer is sent as it is, without a copy into
 the page cache, without evicting the cache (on a full cache, taking pages for 1.6 GiB of
 writes cost 0.3 to 3 s of system time here against 0.05 s direct), and the final fsync has
-only metadata left. Only whole 4 KiB pages of a run go direct, so no page is ever written
-both ways (the kernel keeps direct and cached writes coherent, but not a page cached by one
-thread while another writes it directly); the run's edges, short runs and everything on a
+only metadata left. Only whole filesystem blocks (4 KiB at least) of a run go direct, so no
+block is ever written both ways at once (the kernel keeps direct and cached writes coherent,
+but not a block cached by one thread while another writes it directly); the run's edges, short runs and everything on a
 filesystem without O_DIRECT take the paths above, with writeback started every few MiB so
 the disk works while the copy goes on and the final fsync finds little left to do.
 """
