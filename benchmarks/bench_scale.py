@@ -11,9 +11,10 @@ Cases (issue #17), generated on the fly in the scratch folder and deleted afterw
 Every command flushes its output (vhdtool fsyncs; `cp ... && sync FILE`; `qemu-img convert
 -t writeback`). Cold: the page cache is dropped before every command (needs root; without
 it only warm is measured, and the output says so). Warm: the source is read into the cache
-before every command. Commands run interleaved (rounds rotate the order); medians, min-max,
-peak RSS. The floor (vhdtool.workflows.bench.floor) is measured in the same rounds: an
-O_DIRECT read of the source's data extents and a write + fsync of the bytes vhdtool writes;
+before every command. Commands run interleaved, in the orders of a Williams design (no command
+always follows the same one: this disk carries one command's read pattern into the next);
+medians, min-max, peak RSS. The floor (vhdtool.workflows.bench.floor) is measured in the same
+rounds: an O_DIRECT read of the source's data extents and a write + fsync of the bytes vhdtool writes;
 cold floor = their sum, warm floor = the write alone. Outputs are checked before timing:
 vhdtool's snapshot against its source (cmp), its conversion against qemu-img's (qemu-img
 compare).
@@ -108,7 +109,8 @@ def verify(case: Case) -> int:
     try:
         subprocess.run(case.compare, check=True, capture_output=True)
         if ref is not None and case.output.stat().st_size != ref.stat().st_size:
-            raise SystemExit(f"{case.name}: vhdtool's output has another size than qemu-img's")  # compare reads disks only
+            # qemu-img compare reads the disks only, not the files' sizes
+            raise SystemExit(f"{case.name}: vhdtool's output has another size than qemu-img's")
         written = case.output.stat().st_blocks * 512
         print(f"  vhdtool's output identical ({' '.join(case.compare[:2])}); it allocates {written / MiB:,.0f} MiB")
         return written

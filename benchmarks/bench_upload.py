@@ -13,7 +13,8 @@ source (read once: ~1x its allocated bytes). Azurite itself must outrun the link
 blobs in memory: ~25 MB/s on a loaded 2-core machine; lower --link-mbs there). Then a
 dynamic copy of the image is uploaded (no link) while the disk is watched (no temporary file)
 and downloaded back, compared with the fixed VHD it represents.
-Usage: python benchmarks/bench_upload.py [--size-gib 32] [--link-mbs 50] [--workers 16] [--repeats 3] [--dir DIR] [--json FILE]
+Usage: python benchmarks/bench_upload.py [--size-gib 32] [--link-mbs 50] [--workers 16] [--repeats 3]
+                                         [--dir DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -313,7 +314,8 @@ def dynamic_round_trip(src: Path, tmp: Path, workers: int) -> None:
               f"{', '.join(map(str, watch.folders))} dropped by at most {watch.max_drop / MiB:.1f} MiB "
               "(any process on that disk)")
         print(f"downloaded back in {dl_wall:.2f} s (peak RSS {dl_rss / MiB:.0f} MiB), "
-              f"{back.stat().st_blocks * 512 / MiB:.0f} MiB allocated; identical to the fixed VHD it represents: {identical}")
+              f"{back.stat().st_blocks * 512 / MiB:.0f} MiB allocated; "
+              f"identical to the fixed VHD it represents: {identical}")
     check("files written during the dynamic upload", len(watch.written_files), 0, "")
     check("bytes written to storage by the dynamic upload", io["write_bytes"], 0, "")
     check("download identical", float(identical), 1, "", higher_is_better=True)

@@ -26,5 +26,5 @@ apt_install tests/run.sh ${missing[@]+"${missing[@]}"}
 python=$(venv_python)
 "$python" -m pip install -q -e '.[test,plot]' --config-settings editable_mode=compat  # a path entry, not an import hook: faster CLI start
 "$python" tests/azurite.py install >/dev/null
-"$python" -m ruff check vhdtool tests; "$python" -m mypy  # lint and types (pyproject.toml) before the tests (set -e: each stops the run)
+"$python" -m ruff check vhdtool tests benchmarks fixtures; "$python" -m mypy  # lint and types (pyproject.toml) before the tests (set -e: each stops the run)
 exec "$python" -m pytest -q "$@"

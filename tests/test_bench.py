@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -249,7 +250,18 @@ def test_peak_memory_is_the_commands_not_ours(meter) -> None:
     del ballast
 
 
-def test_interleaving_rotates_the_order_and_keeps_the_measured_runs(tmp_path) -> None:
+@pytest.mark.parametrize("n", range(2, 9))
+def test_every_command_follows_every_other_equally_often(n: int) -> None:
+    rounds = n if n % 2 == 0 else 2 * n
+    orders = [measure.williams_order(n, r) for r in range(rounds)]
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    pairs = Counter((a, b) for order in orders for a, b in zip(order, order[1:]))
+    assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert set(pairs.values()) == {rounds // n}
+    assert measure.williams_order(n, rounds) == orders[0]  # then it starts again
+
+
+def test_interleaving_changes_the_order_and_keeps_the_measured_runs(tmp_path) -> None:
     log = tmp_path / "log"
     commands = {name: ["sh", "-c", f"printf {name} >> {log}"] for name in "abc"}
     ticks = []
