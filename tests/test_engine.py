@@ -8,7 +8,10 @@ import os
 import random
 import threading
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import make_fixtures
 from conftest import FIXTURES
@@ -62,6 +65,30 @@ def test_runs_equal_brute_force(mixed_file, granularity, chunk_size, workers):
     with open_disk(path, raw=True) as disk:
         got = list(nonzero_runs(scan(disk, granularity=granularity, chunk_size=chunk_size, workers=workers)))
     assert got == page_runs(content, granularity)
+
+
+@given(blocks=st.lists(st.sampled_from(["zeros", "data", "first words", "last words", "one word"]),
+                       min_size=1, max_size=12),
+       tail_pages=st.integers(0, 3), granularity=st.sampled_from([512, 4096, 64 * KiB]))
+def test_the_zero_test_equals_the_or_of_every_page(blocks, tail_pages, granularity):
+    """Every path of nonzero_pages: zero chunks, data chunks, mixed ones by block (few and
+    mostly mixed blocks), and lengths that are not whole blocks."""
+    words_per_page = granularity // 8
+    block = np.zeros((len(blocks), engine.BLOCK // 8), dtype=np.uint64).reshape(len(blocks), -1, words_per_page)
+    for i, kind in enumerate(blocks):
+        if kind == "data":
+            block[i, :, 0] = 3
+        elif kind == "first words":
+            block[i, ::2, 0] = 1
+        elif kind == "last words":
+            block[i, 1::3, -1] = 1 << 63
+        elif kind == "one word":
+            block[i, -1, words_per_page // 2] = 5
+    words = np.concatenate([block.ravel(), np.full(tail_pages * words_per_page, 9, dtype=np.uint64)])
+    pages = words.reshape(-1, words_per_page)
+    scratch = np.empty(len(pages), dtype=np.uint64)
+    expected = [bool(page.any()) for page in pages]
+    assert engine.nonzero_pages(words, granularity, scratch).tolist() == expected
 
 
 def test_data_views_hold_the_bytes_and_respect_max_length(mixed_file):

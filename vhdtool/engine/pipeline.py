@@ -37,6 +37,7 @@ from vhdtool.ranges import Range
 RunHandler = Callable[[int, memoryview], None]  # takes (offset, bytes) of a non-zero run
 PAGE = SECTOR  # default zero-detection granularity: a sector (and an Azure page, also 512 bytes)
 CHUNK = 4 * 1024 * 1024  # read unit
+BLOCK = 64 * 1024  # the zero test's unit after the first words (see nonzero_pages)
 MAX_WORKERS = 8
 # Threads per core: a thread mostly waits, on its read (cold cache) or its direct write, so
 # the disk needs several requests in flight per core: a cold 16 GiB scan took 7.9 s with 8
@@ -132,13 +133,15 @@ def scanned_bytes(source: Source, granularity: int = PAGE) -> int:
 
 
 def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.ndarray:
-    """Per page of `granularity` bytes, whether any of its words is non-zero.
+    """Per page of `granularity` bytes, whether any of its words is non-zero (`out`: scratch).
 
-    Cheap answers come first: a chunk starting with a zero word is likely all zeros, which
+    Cheap answers come first. A chunk starting with a zero word is likely all zeros, which
     one max settles (numpy's fastest whole-array test, 0.012 s/GiB in cache against 0.02 for
-    count_nonzero and 0.026 for any; it releases the GIL like them); a page
-    whose first word is non-zero is data, so a chunk of data is settled by one word per page.
-    Only mixed chunks pay for the full per-page OR (`out` is its scratch).
+    count_nonzero and 0.026 for any; it releases the GIL like them). A page whose first word
+    is non-zero is data, so a chunk of data is settled by one word per page. The rest goes by
+    blocks of BLOCK bytes: zeros when the block's max is zero, data when each of its pages
+    starts with a non-zero word; only the other blocks pay for the per-page OR. A 4 MiB chunk
+    holding a 1 MiB piece takes 0.1-0.15 ms, against 0.3 ms for the OR of every page.
     """
     pages = words.reshape(-1, granularity // 8)
     if words[0] == 0 and not words.max():
@@ -146,7 +149,16 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     first = pages[:, 0] != 0
     if first.all():
         return first
-    return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+    per_block = BLOCK // granularity
+    if per_block < 2 or len(pages) % per_block:  # a chunk's short tail, or pages as big as blocks
+        return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+    blocks = pages.reshape(-1, per_block, pages.shape[1])
+    flags = first.reshape(-1, per_block)  # a view: settling it settles `first`
+    mixed = ~flags.all(axis=1) & (blocks.reshape(len(blocks), -1).max(axis=1) != 0)
+    if np.count_nonzero(mixed) * 2 > len(blocks):  # mostly mixed: one OR, no copy of blocks
+        return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+    flags[mixed] = np.bitwise_or.reduce(blocks[mixed], axis=2) != 0
+    return first
 
 
 def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
