@@ -465,6 +465,9 @@ def test_pages_the_cache_does_not_hold_are_read_around_it_with_the_same_bytes(tm
     try:
         assert direct.none_cached(fd, 0, 4 * MiB)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead beyond
+        os.pread(fd, 4096, MiB)  # one page, not the first one asked about
+        assert not direct.none_cached(fd, 0, 4 * MiB) and not direct.none_cached(fd, 4095, MiB - 4094)
+        assert direct.none_cached(fd, 0, MiB) and direct.none_cached(fd, MiB + 4096, MiB)
         os.pread(fd, 20 * MiB, 0)  # the first half back in the cache: read through it
         assert not direct.none_cached(fd, 0, 4 * MiB)
     finally:
