@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -798,8 +799,12 @@ def usage_message(exc: Any) -> str:
 def command_for(args: list[str]) -> Any:
     """The click command for `app`, built with only the subcommand `args` name, when it names
     one: typer turns every command's signature into click parameters before running any,
-    20 ms of a start-up whose whole budget is about 70. Help and unknown names get them all."""
+    20 ms of a start-up whose whole budget is about 70. With no name (`--help`, `--version`,
+    nothing) the commands are built for the list alone; an unknown name gets them all."""
     wanted = next((arg for arg in args if not arg.startswith("-")), None)
+    if wanted is None:
+        with listed_only(app):
+            return typer.main.get_command(app)
     commands, groups = app.registered_commands, app.registered_groups
     chosen = [c for c in commands if typer.main.get_command_name(c.name or getattr(c.callback, "__name__", "")) == wanted]
     chosen_groups = [g for g in groups if g.typer_instance is not None and g.typer_instance.info.name == wanted]
@@ -810,6 +815,35 @@ def command_for(args: list[str]) -> Any:
         return typer.main.get_command(app)
     finally:
         app.registered_commands, app.registered_groups = commands, groups
+
+
+@contextmanager
+def listed_only(group: typer.Typer) -> Iterator[None]:
+    """`group`'s commands, and its groups', as the command list shows them: each one's name and
+    help by typer's own rules, with a callback that has no parameters to convert. Only while
+    no command is named: none of these callbacks can run."""
+    import copy
+    import inspect
+
+    def listed(info: Any) -> Any:
+        def callback() -> None:
+            raise AssertionError("a command from the list ran")  # command_for: no name, no run
+
+        callback.__name__, callback.__doc__ = info.callback.__name__, inspect.getdoc(info.callback)
+        entry = copy.copy(info)
+        entry.callback = callback
+        return entry
+
+    commands = group.registered_commands
+    group.registered_commands = [listed(info) for info in commands]
+    try:
+        with contextlib.ExitStack() as subgroups:
+            for info in group.registered_groups:
+                if info.typer_instance is not None:
+                    subgroups.enter_context(listed_only(info.typer_instance))
+            yield
+    finally:
+        group.registered_commands = commands
 
 
 def main() -> None:
