@@ -6,10 +6,9 @@ and start-up stay fast. Errors are one line on stderr with the documented exit c
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -85,6 +84,8 @@ class CreateType(str, Enum):
 
 
 def emit_json(data: Any) -> None:
+    import json  # here: only --json needs it
+
     json.dump(data, sys.stdout, indent=2, default=str)  # default: paths
     sys.stdout.write("\n")
 
