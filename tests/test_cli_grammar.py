@@ -284,7 +284,26 @@ def test_the_command_list_is_the_one_typer_builds_and_no_listed_callback_runs():
     assert help_text(typer.main.get_command(app).commands["info"], []) == help_text(full.commands["info"], [])
 
 
-def test_a_mistyped_command_is_named_with_the_close_match(cli):
-    outcome = cli("infoo", "x.vhd")
-    one_line_usage_error(outcome, "")
-    assert "infoo" in outcome.err and "info" in outcome.err
+@pytest.mark.parametrize("args,where,close", [
+    (["infoo", "x.vhd"], "", "info"),
+    (["snapshott"], "", "snapshot"),
+    (["image", "lst", "x"], "image: ", "list"),
+    (["zzz"], "", None),
+])
+def test_a_mistyped_command_is_named_with_the_close_match(cli, args, where, close):
+    outcome = cli(*args)
+    one_line_usage_error(outcome, where)
+    assert f"No such command {args[1 if where else 0]!r}." in outcome.err
+    assert ("Did you mean" in outcome.err) == (close is not None)
+    assert close is None or f"Did you mean {close!r}?" in outcome.err
+
+
+@pytest.mark.parametrize("args,where,names", [
+    ([], "", "info, create, resize, map, snapshot, convert, check, prepare, upload, download, bench, image"),
+    (["image"], "image: ", "capture, list, show, deploy, delete, orphans, vms, vm-delete"),
+])
+def test_a_group_alone_names_its_commands_on_one_line(cli, args, where, names):
+    """click would print the whole help as the error (flattened here into one line)."""
+    outcome = cli(*args)
+    one_line_usage_error(outcome, where)
+    assert outcome.err == f"vhdtool: error: {where}missing command: one of {names} (see vhdtool {where[:-2] + ' ' if where else ''}-h)\n"

@@ -23,6 +23,28 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
+
+class CommandGroup(typer.core.TyperGroup):
+    """A group whose usage errors name its commands: all of them when none is given (click
+    would print the whole help), the closest when the name is unknown, as git does."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            ctx.fail(f"missing command: one of {', '.join(self.list_commands(ctx))}")
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        import click
+
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            import difflib
+
+            close = difflib.get_close_matches(args[0], self.list_commands(ctx), n=1)
+            exc.message += f" Did you mean {close[0]!r}?" if close else ""
+            raise
+
 app = typer.Typer(
     name="vhdtool",
     help=(
@@ -30,7 +52,7 @@ app = typer.Typer(
         "Exit codes: 0 ok, 1 check found problems, 2 unusable input or usage, 3 network gave up "
         "after retries (re-run to resume), 130 interrupted (Ctrl-C)."
     ),
-    no_args_is_help=True,
+    cls=CommandGroup,
     add_completion=False,
     pretty_exceptions_enable=False,
     # click's plain help, as qemu-img and az print theirs: typer's rich panels import rich's
@@ -540,6 +562,7 @@ def bench(
 
 image_app = typer.Typer(
     name="image",
+    cls=CommandGroup,
     rich_markup_mode=None,
     help=(
         "VM images as Azure keeps them: capture a VM's disks as a reusable image, list, show, "
@@ -550,7 +573,6 @@ image_app = typer.Typer(
         "Exit codes: 0 ok, 1 a disk fails check --target azure, 2 unusable input or usage, "
         "3 transfer interrupted."
     ),
-    no_args_is_help=True,
 )
 app.add_typer(image_app)
 
