@@ -256,7 +256,8 @@ def test_the_program_runs_atexit_hooks_before_its_fast_exit(tmp_path):
 ])
 def test_only_the_invoked_command_is_built(args, built):
     """Start-up (#17): typer converts each command's signature before running one, so main
-    builds just the named command (its group for `image`); help and unknown names get all."""
+    builds just the named command (its group for `image`); help lists every name (see the
+    next test), an unknown name gets every command, for click's "No such command"."""
     from vhdtool.cli import command_for
 
     everything = set(typer.main.get_command(app).commands)
@@ -298,9 +299,18 @@ def test_a_mistyped_command_is_named_with_the_close_match(cli, args, where, clos
     assert close is None or f"Did you mean {close!r}?" in outcome.err
 
 
+@pytest.mark.parametrize("args,where", [(["--", "-x"], ""), (["image", "--", "-x"], "image: ")])
+def test_an_option_where_the_command_goes_is_one_line(cli, args, where):
+    """click parses an option-like name as options, using up the arguments (a traceback once)."""
+    outcome = cli(*args)
+    one_line_usage_error(outcome, where)
+    assert "No such option: -x" in outcome.err and "Did you mean" not in outcome.err
+
+
 @pytest.mark.parametrize("args,where,names", [
     ([], "", "info, create, resize, map, snapshot, convert, check, prepare, upload, download, bench, image"),
     (["image"], "image: ", "capture, list, show, deploy, delete, orphans, vms, vm-delete"),
+    (["--"], "", "info, create, resize, map, snapshot, convert, check, prepare, upload, download, bench, image"),
 ])
 def test_a_group_alone_names_its_commands_on_one_line(cli, args, where, names):
     """click would print the whole help as the error (flattened here into one line)."""

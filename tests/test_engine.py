@@ -4,6 +4,7 @@ reading holes, in bounded memory, across chunk boundaries, for files and every V
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 import threading
@@ -465,9 +466,10 @@ def test_pages_the_cache_does_not_hold_are_read_around_it_with_the_same_bytes(tm
     try:
         assert direct.none_cached(fd, 0, 4 * MiB)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead beyond
-        os.pread(fd, 4096, MiB)  # one page, not the first one asked about
-        assert not direct.none_cached(fd, 0, 4 * MiB) and not direct.none_cached(fd, 4095, MiB - 4094)
-        assert direct.none_cached(fd, 0, MiB) and direct.none_cached(fd, MiB + 4096, MiB)
+        page = mmap.PAGESIZE
+        os.pread(fd, page, MiB)  # one page, not the first one asked about
+        assert not direct.none_cached(fd, 0, 4 * MiB) and not direct.none_cached(fd, page - 1, MiB - page + 2)
+        assert direct.none_cached(fd, 0, MiB) and direct.none_cached(fd, MiB + page, MiB)
         os.pread(fd, 20 * MiB, 0)  # the first half back in the cache: read through it
         assert not direct.none_cached(fd, 0, 4 * MiB)
     finally:

@@ -6,7 +6,6 @@ and start-up stay fast. Errors are one line on stderr with the documented exit c
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,21 +28,25 @@ class CommandGroup(typer.core.TyperGroup):
     would print the whole help), the closest when the name is unknown, as git does."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if not args and not ctx.resilient_parsing:
+        if args in ([], ["--"]) and not ctx.resilient_parsing:
             ctx.fail(f"missing command: one of {', '.join(self.list_commands(ctx))}")
         return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         import click
 
+        name = args[0]  # click's parser may use `args` up before it fails
         try:
             return super().resolve_command(ctx, args)
+        except click.NoSuchOption:
+            raise  # an option-like name: click suggests options itself
         except click.UsageError as exc:
             import difflib
 
-            close = difflib.get_close_matches(args[0], self.list_commands(ctx), n=1)
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
             exc.message += f" Did you mean {close[0]!r}?" if close else ""
             raise
+
 
 app = typer.Typer(
     name="vhdtool",
@@ -823,28 +826,27 @@ def command_for(args: list[str]) -> Any:
     """The click command for `app`, built with only the subcommand `args` name, when it names
     one: typer turns every command's signature into click parameters before running any,
     20 ms of a start-up whose whole budget is about 70. With no name (`--help`, `--version`,
-    nothing) the commands are built for the list alone; an unknown name gets them all."""
+    nothing) the commands are built for the list alone; an unknown name gets them all. Each
+    build works on a copy: `app` itself never changes."""
+    import copy
+
     wanted = next((arg for arg in args if not arg.startswith("-")), None)
     if wanted is None:
-        with listed_only(app):
-            return typer.main.get_command(app)
-    commands, groups = app.registered_commands, app.registered_groups
-    chosen = [c for c in commands if typer.main.get_command_name(c.name or getattr(c.callback, "__name__", "")) == wanted]
-    chosen_groups = [g for g in groups if g.typer_instance is not None and g.typer_instance.info.name == wanted]
-    if not (chosen or chosen_groups):
+        return typer.main.get_command(listing(app))
+    chosen = copy.copy(app)
+    chosen.registered_commands = [c for c in app.registered_commands
+                                  if typer.main.get_command_name(c.name or getattr(c.callback, "__name__", "")) == wanted]
+    chosen.registered_groups = [g for g in app.registered_groups
+                                if g.typer_instance is not None and g.typer_instance.info.name == wanted]
+    if not (chosen.registered_commands or chosen.registered_groups):
         return typer.main.get_command(app)
-    app.registered_commands, app.registered_groups = chosen, chosen_groups
-    try:
-        return typer.main.get_command(app)
-    finally:
-        app.registered_commands, app.registered_groups = commands, groups
+    return typer.main.get_command(chosen)
 
 
-@contextmanager
-def listed_only(group: typer.Typer) -> Iterator[None]:
-    """`group`'s commands, and its groups', as the command list shows them: each one's name and
-    help by typer's own rules, with a callback that has no parameters to convert. Only while
-    no command is named: none of these callbacks can run."""
+def listing(group: typer.Typer) -> typer.Typer:
+    """A copy of `group` whose commands, and its groups' commands, are as the command list shows
+    them: each one's name and help by typer's own rules, with a callback that has no
+    parameters to convert. Only for a list: none of these callbacks can run."""
     import copy
     import inspect
 
@@ -857,16 +859,16 @@ def listed_only(group: typer.Typer) -> Iterator[None]:
         entry.callback = callback
         return entry
 
-    commands = group.registered_commands
-    group.registered_commands = [listed(info) for info in commands]
-    try:
-        with contextlib.ExitStack() as subgroups:
-            for info in group.registered_groups:
-                if info.typer_instance is not None:
-                    subgroups.enter_context(listed_only(info.typer_instance))
-            yield
-    finally:
-        group.registered_commands = commands
+    def listed_group(info: Any) -> Any:
+        entry = copy.copy(info)
+        if info.typer_instance is not None:
+            entry.typer_instance = listing(info.typer_instance)
+        return entry
+
+    clone = copy.copy(group)
+    clone.registered_commands = [listed(info) for info in group.registered_commands]
+    clone.registered_groups = [listed_group(info) for info in group.registered_groups]
+    return clone
 
 
 def main() -> None:

@@ -150,13 +150,14 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
     if first.all():
         return first
     per_block = BLOCK // granularity
-    if per_block < 2 or len(pages) % per_block:  # a chunk's short tail, or pages as big as blocks
+    if BLOCK % granularity or per_block < 2 or len(pages) % per_block:  # a short tail, odd pages
+        return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+    flags = first.reshape(-1, per_block)  # a view: settling it settles `first`
+    partial = ~flags.all(axis=1)
+    if np.count_nonzero(partial & flags.any(axis=1)) * 2 > len(flags):  # mostly mixed for sure
         return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
     blocks = pages.reshape(-1, per_block, pages.shape[1])
-    flags = first.reshape(-1, per_block)  # a view: settling it settles `first`
-    mixed = ~flags.all(axis=1) & (blocks.reshape(len(blocks), -1).max(axis=1) != 0)
-    if np.count_nonzero(mixed) * 2 > len(blocks):  # mostly mixed: one OR, no copy of blocks
-        return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
+    mixed = partial & (blocks.reshape(len(blocks), -1).max(axis=1) != 0)
     flags[mixed] = np.bitwise_or.reduce(blocks[mixed], axis=2) != 0
     return first
 

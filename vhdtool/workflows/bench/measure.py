@@ -103,12 +103,13 @@ def run_measured(argv: Sequence[str], env: Mapping[str, str] | None = None) -> t
 
 
 def williams_order(n: int, round_no: int) -> list[int]:
-    """Round `round_no`'s order of `n` commands, from a Williams design: over n rounds (2n
-    when n is odd) every command directly follows every other one equally often. Why: this
-    VM's disk carries the last command's read pattern into the next one (a cold buffered read
-    of 16 GiB took 16-22 s right after a pass of direct reads, 8-10 s otherwise), and a plain
-    rotation keeps each command behind the same one, so one tool would always pay for it.
-    Rows: 0, 1, n-1, 2, n-2, ... plus the round number (mod n); odd n adds their mirrors."""
+    """Round `round_no`'s order of `n` commands, from a Williams design: over a whole cycle of
+    n rounds (2n when n is odd) every command directly follows every other one equally often.
+    Why: this VM's disk carries the last command's read pattern into the next one (a cold
+    buffered read of 16 GiB took 16-22 s right after a pass of direct reads, 8-10 s
+    otherwise), and a plain rotation keeps each command behind the same one, so one tool
+    would always pay for it. Rows: 0, 1, n-1, 2, n-2, ... plus the row number (mod n); for
+    odd n each row is followed by its mirror, so short runs vary the order from round two."""
     first, low, high = [0], 1, n - 1
     while len(first) < n:
         first.append(low)
@@ -116,10 +117,9 @@ def williams_order(n: int, round_no: int) -> list[int]:
         if len(first) < n:
             first.append(high)
             high -= 1
-    rows = n if n % 2 == 0 else 2 * n
-    row = round_no % rows
+    row, mirrored = (round_no // 2 % n, round_no % 2 == 1) if n % 2 else (round_no % n, False)
     order = [(i + row) % n for i in first]
-    return order[::-1] if row >= n else order
+    return order[::-1] if mirrored else order
 
 
 def interleaved(
@@ -135,13 +135,13 @@ def interleaved(
     unflushed slows whatever runs next); `done` after every run (a progress bar's tick)."""
     names = list(commands)
     results = {name: Samples() for name in names}
-    for round_no in range(warmup + repeats):
+    for round_no in range(-warmup, repeats):  # the measured rounds start the design's cycle
         for name in (names[i] for i in williams_order(len(names), round_no)):
             wall, rss = run_measured(commands[name])
             between()
             os.sync()
             done()
-            if round_no >= warmup:
+            if round_no >= 0:
                 results[name].walls.append(wall)
                 results[name].rss.append(rss)
     return results
