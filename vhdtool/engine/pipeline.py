@@ -154,12 +154,18 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
         return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
     flags = first.reshape(-1, per_block)  # a view: settling it settles `first`
     partial = ~flags.all(axis=1)
-    if np.count_nonzero(partial & flags.any(axis=1)) * 2 > len(flags):  # mostly mixed for sure
-        return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0
-    blocks = pages.reshape(-1, per_block, pages.shape[1])
-    mixed = partial & (blocks.reshape(len(blocks), -1).max(axis=1) != 0)
-    flags[mixed] = np.bitwise_or.reduce(blocks[mixed], axis=2) != 0
-    return first
+    mixed = partial & flags.any(axis=1)  # mixed for sure, before paying for a max
+    if not mostly(mixed):
+        blocks = pages.reshape(-1, per_block, pages.shape[1])
+        mixed = partial & (blocks.reshape(len(blocks), -1).max(axis=1) != 0)
+        if not mostly(mixed):
+            flags[mixed] = np.bitwise_or.reduce(blocks[mixed], axis=2) != 0
+            return first
+    return np.bitwise_or.reduce(pages, axis=1, out=out[: len(pages)]) != 0  # one OR, no copy
+
+
+def mostly(flags: np.ndarray) -> bool:
+    return np.count_nonzero(flags) * 2 > len(flags)
 
 
 def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
