@@ -99,8 +99,9 @@ def bat_entry(d: bytearray, index: int, value: int) -> None:
     d[at : at + 8] = value.to_bytes(8, "little")
 
 
-def test_bat_entry_past_eof_is_refused(clean, tmp_path):
-    path = damaged(clean, tmp_path, lambda d: bat_entry(d, 2, mk.batfmt.build_entry(6, 64 * MiB)))
+@pytest.mark.parametrize("offset", [64 * MiB, 2**64 - MiB])  # the last wraps offset + block size to 0
+def test_bat_entry_past_eof_is_refused(clean, tmp_path, offset):
+    path = damaged(clean, tmp_path, lambda d: bat_entry(d, 2, mk.batfmt.build_entry(6, offset)))
     err = refused(path)
     assert err.code == "vhdx.bat-past-eof" and "BAT entry 2" in str(err)
 
@@ -172,6 +173,22 @@ def test_metadata_item_out_of_bounds_is_refused(clean, tmp_path):
     assert err.code == "vhdx.metadata-out-of-bounds" and "virtual disk size" in str(err)
 
 
+@pytest.mark.parametrize("item", [0, 1, 3, 4])  # parameters, virtual disk size, sector sizes
+def test_an_item_too_short_to_parse_is_refused_and_check_reports_it(clean, tmp_path, item):
+    """An item of length 0 decodes nothing: refused, and check's report (it shows what was
+    read before the refusal) has no disk type or size rather than a traceback."""
+    from vhdtool.disk.findings import Report, Target
+    from vhdtool.disk.vhdx import examine_vhdx
+    from vhdtool.workflows.check.vhdx_rules import vhdx_report
+
+    path = damaged(clean, tmp_path, metadata_entry(item, length=0))
+    assert refused(path).code == "vhdx.malformed"
+    disk, refusal = examine_vhdx(path)
+    with disk:
+        report = vhdx_report(Report(path, Target.AZURE), disk, refusal)
+    assert [f.code for f in report.findings] == ["vhdx.malformed"] and report.virtual_size is None
+
+
 def test_duplicate_and_oversized_metadata_items_are_refused(clean, tmp_path):
     path = damaged(clean, tmp_path, metadata_entry(0, item_id=VIRTUAL_DISK_SIZE))
     assert refused(path).code == "vhdx.metadata-duplicate"
@@ -218,8 +235,9 @@ def test_bad_parameters_are_refused(clean, tmp_path, item, value, code):
     assert refused(damaged(clean, tmp_path, edit)).code == code
 
 
-def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None):
-    """Headers naming a log of one entry; `flushed` overrides its FlushedFileOffset."""
+def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None, write_at: int = mk.BAT_OFFSET):
+    """Headers naming a log of one entry, writing the BAT's first sector at `write_at`;
+    `flushed` overrides its FlushedFileOffset."""
 
     def edit(d):
         guid = mk.LOG_GUID
@@ -227,7 +245,7 @@ def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None):
             mk.log_entry(
                 7,
                 guid,
-                [(mk.BAT_OFFSET, bytes(d[mk.BAT_OFFSET : mk.BAT_OFFSET + 4096]))],
+                [(write_at, bytes(d[mk.BAT_OFFSET : mk.BAT_OFFSET + 4096]))],
                 0,
                 len(d),
             )
@@ -247,7 +265,8 @@ def dirty(log_offset: int = mk.LOG_OFFSET, flushed: int | None = None):
 
 
 def test_dirty_log_that_cannot_be_replayed_is_refused_with_the_way_out(clean, tmp_path):
-    for edit in (dirty(log_offset=64 * MiB), dirty(log_offset=MiB + 4096), dirty(flushed=1 << 40)):
+    for edit in (dirty(log_offset=64 * MiB), dirty(log_offset=MiB + 4096), dirty(flushed=1 << 40),
+                 dirty(write_at=2**64 - 4096)):  # the file would grow to 2^64 bytes
         err = refused(damaged(clean, tmp_path, edit))
         assert err.code == "vhdx.log-not-replayable"
         assert "Hyper-V" in str(err) and "qemu-img check -r all" in str(err)

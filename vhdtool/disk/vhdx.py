@@ -417,7 +417,6 @@ def _read_metadata(disk: VhdxDisk) -> None:
     params = meta.parse_item(meta.FILE_PARAMETERS, items[meta.FILE_PARAMETERS])
     disk.block_size = params.block_size
     disk.leave_blocks_allocated = params.flags.leave_blocks_allocated
-    disk.has_parent = params.flags.has_parent
     disk.virtual_size = meta.parse_item(
         meta.VIRTUAL_DISK_SIZE, items[meta.VIRTUAL_DISK_SIZE]
     ).virtual_disk_size
@@ -436,6 +435,8 @@ def _read_metadata(disk: VhdxDisk) -> None:
     disk.parent_locator = None
     if meta.PARENT_LOCATOR in items:
         disk.parent_locator = meta.parse_parent_locator(items[meta.PARENT_LOCATOR])
+    # Last: every item above parsed (check's report takes has_parent as "the metadata was read").
+    disk.has_parent = params.flags.has_parent
     _check_parameters(disk)
 
 
@@ -510,7 +511,8 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
     )
     offsets = batfmt.offsets(bat)
     low = holds & (offsets < HEADER_SECTION)
-    past = holds & (offsets + sizes > np.uint64(disk.replayed_size))
+    end = np.uint64(disk.replayed_size)
+    past = holds & ((offsets > end) | (end - offsets < sizes))  # offset + size could wrap past 2^64
     for mask, code, what in (
         (low, "vhdx.bat-in-header", "inside the 1 MiB header section"),
         (past, "vhdx.bat-past-eof", f"past the end of the {disk.replayed_size}-byte file"),

@@ -37,6 +37,7 @@ from vhdtool.format.vhdx.log import (
 # read whole to check its CRC, and every write it holds is kept for the overlay.
 MAX_LOG_LENGTH = 16 * MiB
 MAX_WRITES = 16384
+MAX_FILE_SIZE = 2**63 - 1  # off_t is signed 64-bit: no file grows past this, a log saying so is damaged
 
 
 @dataclass
@@ -217,4 +218,6 @@ def replay(fd: int, file_size: int, header: Container, path: Path) -> Overlay | 
         size = max(
             size, entry.header.last_file_offset, *(w.file_offset + w.length for w in entry.writes)
         )
+    if size > MAX_FILE_SIZE:
+        raise VhdxLogError(f"the log would grow the file to {size} bytes, past the largest possible file", path)
     return Overlay(fd, writes, size, len(entries))
