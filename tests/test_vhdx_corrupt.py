@@ -106,6 +106,31 @@ def test_bat_entry_past_eof_is_refused(clean, tmp_path, offset):
     assert err.code == "vhdx.bat-past-eof" and "BAT entry 2" in str(err)
 
 
+@pytest.mark.parametrize("offset,code", [
+    (mk.LOG_OFFSET, "vhdx.bat-in-region"),  # the log
+    (mk.METADATA_OFFSET + MiB // 2, "vhdx.bat-in-region"),  # the metadata region
+    (mk.BAT_OFFSET, "vhdx.bat-in-region"),  # the BAT itself
+    (None, "vhdx.bat-overlap"),  # block 0's data
+])
+def test_a_block_on_top_of_a_region_or_another_block_is_refused(clean, tmp_path, offset, code):
+    """It would read other structures' bytes as data (QEMU refuses them too)."""
+    def edit(d):
+        block0 = int.from_bytes(d[mk.BAT_OFFSET : mk.BAT_OFFSET + 8], "little") >> 20 << 20
+        bat_entry(d, 2, mk.batfmt.build_entry(6, block0 if offset is None else offset))
+
+    err = refused(damaged(clean, tmp_path, edit))
+    assert err.code == code and "BAT entr" in str(err) and "2" in str(err)
+
+
+def test_regions_on_top_of_each_other_are_refused(clean, tmp_path):
+    def bat_on_log(d):
+        at = REGION_TABLE_OFFSETS[0] + 16 + 16  # entry 0 (BAT): its offset
+        d[at : at + 8] = mk.LOG_OFFSET.to_bytes(8, "little")
+
+    err = refused(damaged(clean, tmp_path, bat_on_log))
+    assert err.code == "vhdx.region-overlap" and "log" in str(err) and "BAT region" in str(err)
+
+
 def test_bat_entry_in_header_section_and_bad_states_are_refused(clean, tmp_path):
     assert (
         refused(damaged(clean, tmp_path, lambda d: bat_entry(d, 0, 6))).code == "vhdx.bat-in-header"
@@ -196,6 +221,9 @@ def test_duplicate_and_oversized_metadata_items_are_refused(clean, tmp_path):
     assert refused(path).code == "vhdx.metadata-out-of-bounds"  # the region is 1 MiB
 
     def larger_region(d):
+        bat_at = REGION_TABLE_OFFSETS[0] + 16 + 16  # entry 0 (BAT): its offset, moved to the end
+        d[bat_at : bat_at + 8] = len(d).to_bytes(8, "little")
+        d.extend(d[mk.BAT_OFFSET : mk.BAT_OFFSET + MiB])
         at = REGION_TABLE_OFFSETS[0] + 16 + 32 + 24  # entry 1 (metadata): its length
         d[at : at + 4] = (3 * MiB).to_bytes(4, "little")
         metadata_entry(4, length=MiB + 4096)(d)

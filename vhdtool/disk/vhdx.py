@@ -364,6 +364,26 @@ def _read_regions(disk: VhdxDisk) -> None:
         if guid not in found:
             raise disk.refuse("vhdx.region-missing", f"no {KNOWN_REGIONS[guid]} region")
     disk.bat_region, disk.metadata_region = found[BAT_REGION], found[METADATA_REGION]
+    areas = fixed_areas(disk)
+    for n, (name, start, end) in enumerate(areas):
+        for other, other_start, other_end in areas[n + 1 :]:
+            if start < other_end and other_start < end:
+                # QEMU vhdx_region_check: "VHDX region ... overlaps with region ..."
+                raise disk.refuse(
+                    "vhdx.region-overlap",
+                    f"the {name} (bytes {start}-{end}) overlaps the {other} (bytes {other_start}-{other_end})",
+                )
+
+
+def fixed_areas(disk: VhdxDisk) -> list[tuple[str, int, int]]:
+    """(name, start, end) of what no block may overlap: the header section, the log (when
+    there is one) and the two regions."""
+    header = disk.current_header
+    log = [("log", header.log_offset, header.log_offset + header.log_length)] if header.log_length else []
+    return [("header section", 0, HEADER_SECTION), *log] + [
+        (f"{KNOWN_REGIONS[entry.guid]} region", entry.file_offset, entry.file_offset + entry.length)
+        for entry in (disk.bat_region, disk.metadata_region)
+    ]
 
 
 def _read_metadata(disk: VhdxDisk) -> None:
@@ -513,10 +533,15 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
     low = holds & (offsets < HEADER_SECTION)
     end = np.uint64(disk.replayed_size)
     past = holds & ((offsets > end) | (end - offsets < sizes))  # offset + size could wrap past 2^64
-    for mask, code, what in (
+    checks = [
         (low, "vhdx.bat-in-header", "inside the 1 MiB header section"),
         (past, "vhdx.bat-past-eof", f"past the end of the {disk.replayed_size}-byte file"),
-    ):
+    ]
+    for name, start, stop in fixed_areas(disk)[1:]:
+        # QEMU vhdx_open checks each block against the regions it registered
+        inside = holds & (offsets < np.uint64(stop)) & (offsets + sizes > np.uint64(start))
+        checks.append((inside, "vhdx.bat-in-region", f"into the {name} (bytes {start}-{stop})"))
+    for mask, code, what in checks:
         hits = np.flatnonzero(mask)
         if len(hits):
             i = int(hits[0])
@@ -525,6 +550,18 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
                 f"BAT entry {i} points to offset {int(offsets[i])}, {what} "
                 f"({len(hits)} such entries)",
             )
+    used = np.flatnonzero(holds)
+    order = used[np.argsort(offsets[used], kind="stable")]
+    # Sorted by offset, some two blocks overlap exactly when some block starts before the one
+    # before it ends (vhd-util's "clobbers block" for VHD; bat.overlap in check).
+    clash = np.flatnonzero(offsets[order][1:] < (offsets + sizes)[order][:-1])
+    if len(clash):
+        a, b = int(order[clash[0]]), int(order[clash[0] + 1])
+        raise disk.refuse(
+            "vhdx.bat-overlap",
+            f"BAT entries {a} and {b} point to overlapping blocks at offsets {int(offsets[a])} and "
+            f"{int(offsets[b])} ({len(clash)} such pairs): writing one corrupts the other",
+        )
 
 
 def _check_bitmaps(disk: VhdxDisk) -> None:

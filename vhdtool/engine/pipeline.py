@@ -165,7 +165,7 @@ def nonzero_pages(words: np.ndarray, granularity: int, out: np.ndarray) -> np.nd
 
 
 def mostly(flags: np.ndarray) -> bool:
-    return np.count_nonzero(flags) * 2 > len(flags)
+    return bool(np.count_nonzero(flags) * 2 > len(flags))
 
 
 def _scan_chunk(source: Source, buf: _Buffer, start: int, end: int, granularity: int) -> Chunk:
