@@ -142,3 +142,32 @@ def test_writer_misuse_is_a_vhd_error(tmp_path):
             writer.write(1024 * 1024, b"x" * 512)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["windows-fixed-10m.vhd", "qemu-dynamic-20m.vhd"])
+def test_a_source_cut_short_while_read_is_an_error_not_zeros(tmp_path, name):
+    """The file shrinks after it was opened (another program truncates it): reading the
+    part that is gone fails, naming the file, in a plain read and in the engine."""
+    from vhdtool.engine.pipeline import scan
+    from vhdtool.errors import VhdError
+
+    path = tmp_path / name
+    shutil.copy(FIXTURES / name, path)
+    with open_disk(path) as disk:
+        cut = (max(end for _, end in disk.allocated()) - 1) // 512 * 512  # inside the last data
+        if disk.kind == "dynamic":
+            cut = disk.block_entry(int(np.flatnonzero(disk.bat != 0xFFFFFFFF)[-1])) * 512 + 1024
+        os.truncate(path, cut)
+        with pytest.raises(VhdError, match="cut short while being read") as read:
+            disk.read(0, disk.virtual_size)
+        assert str(read.value).startswith(f"{path}: ")
+        with pytest.raises(VhdError, match="cut short while being read"):
+            for _ in scan(disk):
+                pass
+
+
+def test_a_read_error_names_the_file(cli):
+    """os.pread's errors name no file: /proc/self/mem fails with EIO at offset 0."""
+    for command in ("info", "check", "map"):
+        outcome = cli(command, "/proc/self/mem")
+        assert outcome.code == 2 and outcome.err == "vhdtool: error: /proc/self/mem: Input/output error\n"

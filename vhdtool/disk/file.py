@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,17 @@ def open_readonly(path: Path) -> tuple[int, os.stat_result]:
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     return fd, st
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Errors reading `path` as one-line VhdErrors that name it (os.pread's name no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise VhdError(exc.strerror or str(exc), path) from None
 
 
 def pread_exact(fd: int, length: int, offset: int) -> bytes:

@@ -28,6 +28,7 @@ from vhdtool import ranges
 from vhdtool.disk import direct
 from vhdtool.disk.file import (  # noqa: F401  FooterLocation, open_readonly, require_footer: re-exported
     FooterLocation,
+    naming,
     open_readonly,
     require_footer,
 )
@@ -61,7 +62,8 @@ class Disk:
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
-        self.readinto(offset, memoryview(buf))
+        with naming(self.path):
+            self.readinto(offset, memoryview(buf))
         return bytes(buf)
 
     def readinto(self, offset: int, buf: memoryview) -> None:
@@ -69,6 +71,14 @@ class Disk:
 
     def allocated(self) -> Iterator[ranges.Range]:
         raise NotImplementedError
+
+    def file_data(self, end: int) -> Iterator[ranges.Range]:
+        """The file's data extents below `end` (SEEK_DATA/SEEK_HOLE), then a check that the file
+        is no shorter than when it was opened: the part cut off would pass for holes."""
+        yield from ranges.data_extents(self.fd, 0, end)
+        now = os.fstat(self.fd).st_size
+        if now < self.file_size:
+            raise VhdError(cut_short(now, self.file_size), self.path)
 
     def _block_views(self, offset: int, buf: memoryview, block_size: int
                      ) -> Iterator[tuple[int, int, int, memoryview]]:
@@ -129,8 +139,10 @@ def zero(buf: memoryview) -> None:
     np.frombuffer(buf, dtype=np.uint8)[:] = 0
 
 
-def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = None) -> None:
-    """Fill `buf` from the file at `offset`; bytes past EOF read as zeros. Given `direct_fd`
+def preadinto(fd: int, buf: memoryview, offset: int, size: int, direct_fd: int | None = None) -> None:
+    """Fill `buf` from the file at `offset`; bytes at or past `size`, the file's size when it
+    was opened, read as zeros (a VHDX log may extend the file), but a file ending before it
+    was cut short while being read: an OSError, never zeros in place of its data. Given `direct_fd`
     (the file opened with O_DIRECT), a read whose pages the page cache holds none of goes
     around the cache (see vhdtool.disk.direct), short ones too: a short read through it would
     cache the page it shares with the next piece (a dynamic VHD's next bitmap and block), and
@@ -141,9 +153,15 @@ def preadinto(fd: int, buf: memoryview, offset: int, direct_fd: int | None = Non
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)
         if n == 0:
+            if offset + done < size:
+                raise OSError(errno.EIO, cut_short(offset + done, size))
             zero(buf[done:])
             return
         done += n
+
+
+def cut_short(end: int, size: int) -> str:
+    return f"the file ends at byte {end:,}, {size:,} when opened: it was cut short while being read"
 
 
 def _read_direct(fd: int, buf: memoryview, offset: int) -> int:
@@ -183,10 +201,10 @@ class FlatDisk(Disk):
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._check_range(offset, len(buf))
-        preadinto(self.fd, buf, offset, self.direct_fd)
+        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
 
     def allocated(self) -> Iterator[ranges.Range]:
-        return ranges.data_extents(self.fd, 0, self.virtual_size)
+        return self.file_data(self.virtual_size)
 
 
 # Bitmaps of a dynamic or differencing VHD kept in memory (4 KiB each for 2 MiB blocks): the
@@ -226,7 +244,7 @@ class SparseDisk(Disk):
 
     def _read_bitmap(self, block: int) -> np.ndarray:
         raw = bytearray(self.bitmap_size)
-        preadinto(self.fd, memoryview(raw), self.block_entry(block) * SECTOR, self.direct_fd)
+        preadinto(self.fd, memoryview(raw), self.block_entry(block) * SECTOR, self.file_size, self.direct_fd)
         flags = bitmap_sectors(bytes(raw), self.sectors_per_block)
         flags.setflags(write=False)
         return flags
@@ -244,7 +262,7 @@ class SparseDisk(Disk):
         window = flags[first:last]
         data_offset = self.block_data_offset(block)
         if window.all():
-            preadinto(self.fd, view, data_offset + within, self.direct_fd)
+            preadinto(self.fd, view, data_offset + within, self.file_size, self.direct_fd)
             return
         block_start = block * self.block_size
         present = ranges.true_runs(window, SECTOR, first * SECTOR)
@@ -253,14 +271,14 @@ class SparseDisk(Disk):
             s, e = max(s, within), min(e, within + len(view))
             part = view[s - within : e - within]
             if is_present:
-                preadinto(self.fd, part, data_offset + s, self.direct_fd)
+                preadinto(self.fd, part, data_offset + s, self.file_size, self.direct_fd)
             else:
                 self._fill_absent(block_start + s, part)
 
     def own_allocated(self) -> Iterator[ranges.Range]:
         """Virtual ranges this file itself holds: bitmap-set sectors of allocated blocks,
         less what the filesystem reports as holes inside them."""
-        file_data = ranges.SortedRanges(ranges.data_extents(self.fd, 0, self.file_size))
+        file_data = ranges.SortedRanges(self.file_data(self.file_size))
         for block in np.flatnonzero(self.bat != UNALLOCATED):
             block = int(block)
             block_start = block * self.block_size

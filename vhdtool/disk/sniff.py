@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vhdtool.disk.file import locate_footer, open_readonly
+from vhdtool.disk.file import locate_footer, naming, open_readonly
 from vhdtool.disk.vhdx import VhdxDisk, open_vhdx
 from vhdtool.errors import UnsupportedFormatError
 from vhdtool.format.sector import SECTOR
@@ -40,11 +40,17 @@ def sniff_bytes(head: bytes, size: int, fd: int) -> str:
     return "raw"
 
 
+def sniff_fd(path: Path, fd: int, size: int) -> str:
+    """`sniff_bytes` of the open file at `path`, whose read errors name it."""
+    with naming(path):
+        return sniff_bytes(os.pread(fd, SECTOR, 0), size, fd)
+
+
 def sniff(path: str | os.PathLike) -> str:
     """The format of the file at `path`: "vhd", "vhdx", "qcow2", "vmdk", "vdi" or "raw"."""
     fd, st = open_readonly(Path(path))
     try:
-        return sniff_bytes(os.pread(fd, SECTOR, 0), st.st_size, fd)
+        return sniff_fd(Path(path), fd, st.st_size)
     finally:
         os.close(fd)
 

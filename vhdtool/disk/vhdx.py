@@ -16,6 +16,7 @@ import numpy as np
 from construct import Container
 
 from vhdtool import ranges
+from vhdtool.disk.file import naming
 from vhdtool.disk.image import Disk, open_readonly, preadinto, zero
 from vhdtool.disk.vhdx_errors import Finding, VhdxError
 from vhdtool.disk.vhdx_log import Overlay, replay
@@ -98,7 +99,7 @@ class VhdxDisk(Disk):
         return bytes(buf)
 
     def file_readinto(self, buf: memoryview, offset: int) -> None:
-        preadinto(self.fd, buf, offset, self.direct_fd)
+        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
         if self.overlay is not None:
             self.overlay.patch(buf, offset)
 
@@ -180,7 +181,7 @@ class VhdxDisk(Disk):
         file_data = (
             None
             if self.overlay
-            else ranges.SortedRanges(ranges.data_extents(self.fd, 0, self.file_size))
+            else ranges.SortedRanges(self.file_data(self.file_size))
         )
         for block in np.flatnonzero(np.isin(states, batfmt.HOLDS_DATA)):
             block = int(block)
@@ -225,7 +226,8 @@ def examine_vhdx(
     disk = VhdxDisk(path, fd, st)
     try:
         try:
-            _read_structure(disk)
+            with naming(path):
+                _read_structure(disk)
             if disk.has_parent:
                 from vhdtool.disk.vhdx_parent import (
                     open_parent,  # it opens parents with open_vhdx

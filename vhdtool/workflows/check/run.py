@@ -52,10 +52,9 @@ def run_checks(path: str | os.PathLike, target: Target) -> Report:
 def sniff_format(inspection: Inspection) -> str:
     """The format of a file in which no VHD footer was found (disk/sniff.py). A VHD is told by
     its footer first, so that checking one reads nothing more; a VHDX holds no VHD footer."""
-    from vhdtool.disk.sniff import sniff_bytes
+    from vhdtool.disk.sniff import sniff_fd
 
-    fd = inspection.fd
-    return sniff_bytes(os.pread(fd, 512, 0), inspection.stat.st_size, fd)
+    return sniff_fd(inspection.path, inspection.fd, inspection.stat.st_size)
 
 
 def add_target_rules(
