@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from vhdtool.errors import EXIT_UNUSABLE, NotVhdError, VhdError
-from vhdtool.redaction import redact
+from vhdtool.redaction import redact, shown
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -195,7 +195,7 @@ def create(
     if as_json:
         emit_json({"path": str(out), "type": disk_type.value, "virtual_size": footer.current_size, "warnings": warnings})
     else:
-        typer.echo(f"created {out}: {disk_type.value} VHD, {footer.current_size:,} bytes")
+        typer.echo(f"created {shown(out)}: {disk_type.value} VHD, {footer.current_size:,} bytes")
 
 
 @app.command()
@@ -229,9 +229,9 @@ def resize(
     if as_json:
         emit_json(result_dict(done))
     elif done.old_size == done.new_size and output is None:
-        typer.echo(f"{image}: already {format_size(done.new_size)}, nothing to do")
+        typer.echo(f"{shown(image)}: already {format_size(done.new_size)}, nothing to do")
     else:
-        typer.echo(f"resized {done.path}: {format_change(done.old_size, done.new_size)}")
+        typer.echo(f"resized {shown(done.path)}: {format_change(done.old_size, done.new_size)}")
 
 
 @app.command("map")
@@ -272,7 +272,7 @@ def snapshot(
     if as_json:
         return emit_json(result_dict(done))
     how = "reflinked" if done.reflinked else f"{format_size(done.data_bytes)} written"  # file bytes: footer too
-    typer.echo(f"snapshot {done.path}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
+    typer.echo(f"snapshot {shown(done.path)}: {format_size(done.size)}, {how}{', verified' if done.verified else ''}")
 
 
 class ConvertTo(str, Enum):
@@ -323,7 +323,7 @@ def convert(
     )
     if as_json:
         return emit_json(result_dict(done, format=to.value))
-    typer.echo(f"wrote {done.path}: {to.value}, {format_size(done.virtual_size)} virtual, "
+    typer.echo(f"wrote {shown(done.path)}: {to.value}, {format_size(done.virtual_size)} virtual, "
                f"{format_size(done.data_bytes)} of data")
 
 
@@ -383,11 +383,11 @@ def prepare(
         emit_json({"source": str(src), "rule": done.rule, "output": done.output and str(done.output),
                    "old_size": done.old_size, "new_size": done.new_size, "report": done.report.to_dict()})
         sys.exit(done.report.exit_code)
-    typer.echo(f"{src}: {done.rule}")
+    typer.echo(f"{shown(src)}: {done.rule}")
     if done.output is None:
-        typer.echo(f"{src} already passes check --target {target}: nothing written")
+        typer.echo(f"{shown(src)} already passes check --target {target}: nothing written")
     else:
-        typer.echo(f"wrote {done.output}: fixed, {format_change(done.old_size, done.new_size)}")
+        typer.echo(f"wrote {shown(done.output)}: fixed, {format_change(done.old_size, done.new_size)}")
     typer.echo("\n".join(render_text(done.report)))
     sys.exit(done.report.exit_code)
 
@@ -447,15 +447,15 @@ def upload(
     if as_json:
         return emit_json(result_dict(done, dry_run=dry_run))
     if dry_run:
-        typer.echo(f"would upload {src} -> {location} ({done.blob_size:,} byte page blob)")
+        typer.echo(f"would upload {shown(src)} -> {shown(location)} ({done.blob_size:,} byte page blob)")
         typer.echo(f"  would send: {done.sent_bytes:,} bytes of page data in {plural(done.requests, 'Put Page request')}")
         typer.echo(f"  skipped:    {plural(done.zero_pages, 'zero page')}")
         return
     if done.already_complete and not done.sent_bytes:
-        typer.echo(f"{location} already holds this upload of {src}: nothing sent")
+        typer.echo(f"{shown(location)} already holds this upload of {shown(src)}: nothing sent")
     else:
         kind = "managed disk" if done.managed_disk else "page blob"
-        typer.echo(f"uploaded {src} -> {location} ({format_size(done.blob_size)} {kind}"
+        typer.echo(f"uploaded {shown(src)} -> {shown(location)} ({format_size(done.blob_size)} {kind}"
                    f"{', resumed' if done.resumed else ''})")
         typer.echo(f"  sent:     {done.sent_bytes:,} bytes of page data in {plural(done.requests, 'Put Page request')}")
         if since is not None or base is not None:

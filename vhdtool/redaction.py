@@ -29,3 +29,29 @@ def redact(text: str) -> str:
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def shown(name: object) -> str:
+    """A file name or URL as one piece of a line of output: redacted, and in double quotes
+    with C escapes (as git shows such paths) when it holds a control character, so that it
+    can neither break the line nor forge another ("x.vhd\\nverdict: OK ...")."""
+    text = redact(str(name))
+    return f'"{c_escaped(text, chr(34))}"' if has_control(text) else text
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def c_escaped(text: str, quote: str) -> str:
+    """`text` with its backslashes, `quote` characters and control characters as C escapes."""
+    return _CONTROL.sub(_escape, text.replace("\\", "\\\\").replace(quote, "\\" + quote))
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")

@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from vhdtool.disk.partitions import render_dict
+from vhdtool.redaction import shown
 from vhdtool.units import format_size
 
 _SIZE_KEYS = {"virtual_size", "file_size", "allocated_on_disk", "original_size", "current_size",
@@ -39,7 +40,7 @@ def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
 
 def print_info(data: dict[str, Any]) -> None:
     summary = {k: v for k, v in data.items() if not isinstance(v, (dict, list)) and k != "exit_code"}
-    print_table(f"{data['path']}", summary)
+    print_table(shown(data["path"]), summary)
     if data["type"] == "vhdx":
         print_vhdx(data)
     if "footer" in data:
@@ -52,7 +53,7 @@ def print_info(data: dict[str, Any]) -> None:
             typer.echo(f"  locator {loc['platform_code']}: {loc['path']} "
                        f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
     for parent in data.get("parent_chain", []):
-        print_table(f"Parent {parent['path']}", {k: v for k, v in parent.items()
+        print_table(f"Parent {shown(parent['path'])}", {k: v for k, v in parent.items()
                                                  if not isinstance(v, (dict, list))})
         if "footer" in parent:
             typer.echo(f"  unique id  {parent['footer']['unique_id']}")

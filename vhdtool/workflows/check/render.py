@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from vhdtool.disk.findings import Report
+from vhdtool.redaction import shown
 from vhdtool.units import format_size
 
 
 def summary(report: Report) -> str:
-    head = f"{report.path} (target {report.target.value})"
+    head = f"{shown(report.path)} (target {report.target.value})"
     if report.virtual_size is None:
         return head
     fmt = report.format.upper()

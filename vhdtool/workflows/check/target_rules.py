@@ -20,6 +20,7 @@ from vhdtool.disk.findings import (
     unrepaired,
 )
 from vhdtool.disk.partitions import Layout, generation_findings
+from vhdtool.redaction import c_escaped, has_control
 from vhdtool.format.vhd.footer import (
     FOOTER_SIZE,
     MAX_VHD_SIZE,
@@ -67,7 +68,9 @@ LIMITS = {
 
 
 def command(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
+    """A shell line running `words`; a word with a control character in bash's $'...' quotes,
+    so that the line stays one line."""
+    return " ".join(f"$'{c_escaped(w, chr(39))}'" if has_control(w) else shlex.quote(w) for w in words)
 
 
 def repairable(report: Report) -> bool:
