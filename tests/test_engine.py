@@ -25,6 +25,7 @@ from vhdtool.engine.pipeline import PAGE, nonzero_data, nonzero_runs, scan, scan
 from vhdtool.errors import VhdError
 from vhdtool.disk.image import open_disk
 from vhdtool.ranges import align, cut, merge, total
+from vhdtool.ranges import round_up as ranges_round_up
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -493,3 +494,32 @@ def test_each_bitmap_is_read_once_per_scan(monkeypatch):
     with open_disk(FIXTURES / "qemu-dynamic-20m.vhd") as disk:
         chunks = list(nonzero_runs(scan(disk, chunk_size=64 * KiB, workers=4)))
     assert chunks and reads and max(reads.values()) == 1
+
+
+def test_blocks_whose_data_is_all_holes_are_not_read(tmp_path, monkeypatch):
+    """A crafted dynamic VHD: every BAT entry allocated, bitmaps and data in file holes
+    (millions of such blocks took minutes, one bitmap read each): nothing to read."""
+    from vhdtool.disk import image
+    from vhdtool.workflows.create import create
+    from vhdtool.format.vhd.footer import DiskType
+
+    path = tmp_path / "holes.vhd"
+    create(path, 64 * MiB, DiskType.DYNAMIC, block_size=512 * KiB)
+    with open_disk(path) as disk:
+        table, entries, footer = disk.header.table_offset, len(disk.bat), path.read_bytes()[-512:]
+    data = ranges_round_up(table + 4 * entries, 512)
+    span = (512 * KiB + 512) // 512
+    with open(path, "r+b") as f:
+        f.seek(table)
+        f.write(b"".join((data // 512 + i * span).to_bytes(4, "big") for i in range(entries)))
+        f.truncate(data)  # the old footer goes: the blocks start where it was
+        f.truncate(data + entries * span * 512)
+        f.seek(0, os.SEEK_END)
+        f.write(footer)
+    reads = []
+    real = image.SparseDisk._read_bitmap
+    monkeypatch.setattr(image.SparseDisk, "_read_bitmap", lambda self, block: reads.append(block) or real(self, block))
+    with open_disk(path) as disk:
+        assert list(disk.allocated()) == []
+        assert reads == [0, entries - 1]  # only those sharing a filesystem block with the BAT or the footer
+        assert disk.read(0, MiB) == bytes(MiB)  # still readable: the holes read as zeros

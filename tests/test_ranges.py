@@ -99,3 +99,4 @@ def test_sorted_ranges_lookups_equal_a_full_scan(points, a, b):
     assert list(index.within(start, end)) == list(ranges.clip(items, start, end))
     inside = [(s, e) for s, e in items if s <= start and end <= e]
     assert index.covers(start, end) == bool(inside)
+    assert index.touched(np.array([start]), np.array([end])).tolist() == [any(s < end and start < e for s, e in items)]

@@ -7,6 +7,7 @@ including the page rounding (512-byte Azure pages) and the cutting into bounded 
 
 import bisect
 import errno
+import functools
 import os
 from collections.abc import Iterable, Iterator
 
@@ -157,6 +158,19 @@ class SortedRanges:
         """Whether [start, end) lies inside one of the ranges."""
         i = bisect.bisect_right(self.starts, start) - 1
         return i >= 0 and self.ends[i] >= end
+
+    def touched(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Per range [starts[i], ends[i]), whether any of the ranges overlaps it (vectorized)."""
+        after = np.searchsorted(self._end_array, starts, side="right")  # the first range ending past it
+        return self._start_array[after] < ends
+
+    @functools.cached_property
+    def _end_array(self) -> np.ndarray:
+        return np.asarray(self.ends, dtype=np.int64)
+
+    @functools.cached_property
+    def _start_array(self) -> np.ndarray:
+        return np.append(np.asarray(self.starts, dtype=np.int64), np.iinfo(np.int64).max)  # none after the last
 
     def within(self, start: int, end: int) -> Iterator[Range]:
         """The parts of the ranges inside [start, end)."""
