@@ -172,3 +172,25 @@ def test_truncated_dynamic_image_is_refused_not_zero_filled(tmp_path):
     assert list(out.iterdir()) == []
     assert run("qemu-img", "convert", "-f", "vpc", "-O", "raw", str(src), str(out / "q.raw"),
                check=False).returncode != 0
+
+
+@pytest.mark.parametrize("block_size,qemu_agrees", [(512, False), (2048, False), (4096, True)])
+def test_blocks_below_4k_are_valid_but_qemu_misreads_them_and_both_commands_say_so(cli, tmp_path, block_size,
+                                                                                   qemu_agrees):
+    """QEMU block/vpc.c sizes a block's bitmap as 0 bytes below 4 KiB and reads it as data:
+    convert warns, check reports qemu.small-block, and qemu-img really reads other bytes."""
+    import json
+
+    from oracles import qemu_raw
+
+    out = tmp_path / "small.vhd"
+    done = cli("convert", str(FIXTURES / "qemu-dynamic-20m.vhd"), str(out), "--to", "dynamic",
+               "--block-size", str(block_size), "--json")
+    assert done.code == 0
+    warned = any("qemu-img" in w for w in json.loads(done.out)["warnings"])
+    found = [f["code"] for f in json.loads(cli("check", str(out), "--target", "generic", "--json").out)["findings"]]
+    assert warned == ("qemu.small-block" in found) == (not qemu_agrees)
+    with open_disk(out) as disk, open_disk(FIXTURES / "qemu-dynamic-20m.vhd") as source:
+        assert disk.read(0, disk.virtual_size) == source.read(0, source.virtual_size)
+        ours = disk.read(0, disk.virtual_size)
+    assert (qemu_raw(out, tmp_path / "q.raw")[: len(ours)] == ours) == qemu_agrees

@@ -321,6 +321,8 @@ def convert(
         src, dest, Format(to.value), from_=source_format(from_, raw),
         block_size=None if block_size is None else size_arg(block_size), keep_uuid=keep_uuid, force=force,
     )
+    for message in done.warnings:
+        warn(message)
     if as_json:
         return emit_json(result_dict(done, format=to.value))
     typer.echo(f"wrote {shown(done.path)}: {to.value}, {format_size(done.virtual_size)} virtual, "

@@ -139,6 +139,7 @@ CODES: dict[str, Severity] = {
     "partitions.generation-unknown": W,
     # Interoperability and targets
     "qemu.chs-size": W,
+    "qemu.small-block": W,
     "size.over-2040gib": W,
     "azure.not-vhd": E,
     "azure.not-fixed": E,

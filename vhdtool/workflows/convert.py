@@ -7,7 +7,7 @@ is left goes to a sparse output (fixed, raw) or into the blocks of a dynamic wri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class Converted:
     path: Path
     virtual_size: int
     data_bytes: int  # non-zero bytes of the disk written (the footer is not data)
+    warnings: list[str] = field(default_factory=list)  # what some readers will make of it (create's)
 
 
 def open_source(path: str | os.PathLike, given: str | None) -> tuple[Disk, str]:
@@ -67,7 +68,7 @@ def write_sparse(source: Source, dest: Path, *, force: bool, label: str) -> Conv
 def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uuid: bool,
                   force: bool) -> Converted:
     """Allocate only blocks holding non-zero data; bitmaps of those blocks fully set."""
-    validate_size(size, DiskType.DYNAMIC, block_size)
+    warnings = validate_size(size, DiskType.DYNAMIC, block_size)
     unique_id = source_uuid(disk) if keep_uuid else None
     footer = new_footer(size, DiskType.DYNAMIC, data_offset=FOOTER_SIZE, unique_id=unique_id)
     # The disk zero-extended to whole sectors (a raw source's last one may be partial), which
@@ -77,7 +78,7 @@ def write_dynamic(disk: Disk, dest: Path, size: int, *, block_size: int, keep_uu
         writer = SparseImageWriter(out.fd, size, block_size=block_size, footer=footer)
         written = copy_nonzero(padded, writer.write, "convert")
         writer.finish()
-    return Converted(out.path, size, written)
+    return Converted(out.path, size, written, warnings)
 
 
 def convert(

@@ -10,7 +10,7 @@ from construct import Container
 from vhdtool.errors import VhdError
 from vhdtool.format.sector import SECTOR
 from vhdtool.format.vhd.footer import DiskType, new_footer, seal_footer
-from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE, block_size_valid
+from vhdtool.format.vhd.header import DEFAULT_BLOCK_SIZE, QEMU_MIN_BLOCK_SIZE, block_size_valid
 from vhdtool.format.vhd.footer import MAX_VHD_SIZE
 from vhdtool.engine.output import atomic_output
 from vhdtool.units import format_size
@@ -41,6 +41,8 @@ def validate_size(size: int, disk_type: DiskType, block_size: int) -> list[str]:
             raise VhdError(f"{entries:,} blocks of {format_size(block_size)} make a BAT that readers "
                            "refuse as damaged (check: bat.too-large): choose a larger --block-size")
     warnings = []
+    if disk_type == DiskType.DYNAMIC and block_size < QEMU_MIN_BLOCK_SIZE:
+        warnings.append("blocks below 4 KiB are read wrongly by qemu-img (check: qemu.small-block)")
     if size > MAX_VHD_SIZE:
         warnings.append(f"sizes above {format_size(MAX_VHD_SIZE)} are refused by QEMU and Hyper-V")
     if size % (1024 * 1024):

@@ -14,6 +14,7 @@ from vhdtool.format.vhd.header import (
     HEADER_SIZE,
     HEADER_VERSION,
     PLATFORM_NONE,
+    QEMU_MIN_BLOCK_SIZE,
     block_size_valid,
     header_checksum,
     parse_header,
@@ -72,6 +73,14 @@ def check_header(report: Report, vf: VhdFile, header: Container) -> None:
             "header.block-size",
             f"block size {header.block_size:,} is not a power of two from 512 to 2 GiB (QEMU: "
             "Invalid block size; vhd-util check): blocks cannot be located",
+        )
+    elif header.block_size < QEMU_MIN_BLOCK_SIZE:
+        report.add(
+            "qemu.small-block",
+            f"block size {header.block_size:,} is below 4 KiB: valid, but qemu-img reads each "
+            "block's bitmap sector as data, so the disk looks different in QEMU than in "
+            "Hyper-V, libvhdi and vhdtool",
+            block_size=header.block_size,
         )
     if header.reserved1 != bytes(4) or header.reserved2 != bytes(len(header.reserved2)):
         report.add(

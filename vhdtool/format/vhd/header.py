@@ -124,6 +124,11 @@ def parent_name(header: Container) -> str:
     return raw.decode("utf-16-be", errors="replace")
 
 
+# QEMU block/vpc.c sizes a block's bitmap as ((block_size / 8) / 512 + 511) & ~511 bytes: 0
+# below 4 KiB (the spec's bitmap is one sector), so it reads each bitmap as data.
+QEMU_MIN_BLOCK_SIZE = 4096
+
+
 def block_size_valid(block_size: int) -> bool:
     """A power of two from a sector to MAX_BLOCK_SIZE (QEMU vpc_open: "Invalid block size")."""
     return SECTOR <= block_size <= MAX_BLOCK_SIZE and not block_size & (block_size - 1)
