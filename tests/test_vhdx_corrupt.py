@@ -341,3 +341,25 @@ def test_source_is_opened_read_only(clean, tmp_path):
     with open_vhdx(path) as disk:
         assert disk.read(0, MiB) == mk.pattern(1, MiB)
     assert isinstance(VhdxError("x", "y"), VhdError)
+
+
+def test_a_large_bat_is_checked_without_table_sized_copies(tmp_path):
+    """A 4 TiB disk of 1 MiB blocks has a 32 MiB table; opening it, its info and its map hold
+    the table once plus byte-sized arrays per entry (a 64 TiB one peaked at 3.9 GiB)."""
+    import subprocess
+    import tracemalloc
+
+    from vhdtool.workflows.info_vhdx import bat_summary
+
+    path = tmp_path / "big.vhdx"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vhdx", "-o", "subformat=dynamic,block_size=1M",
+                    str(path), "4T"], check=True)
+    table = (4 * 1024 * 1024 + 1024) * 8
+    tracemalloc.start()
+    try:
+        with open_vhdx(path) as disk:
+            assert bat_summary(disk)["blocks"] == 4 * 1024 * 1024 and list(disk.allocated()) == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert table < peak < 2 * table

@@ -175,15 +175,15 @@ class VhdxDisk(Disk):
     def own_allocated(self) -> Iterator[ranges.Range]:
         """Virtual ranges whose bytes this file holds (FULLY_PRESENT blocks, less the holes the
         filesystem reports in them; PARTIALLY_PRESENT blocks through their bitmaps)."""
-        blocks = batfmt.data_blocks(self.virtual_size, self.block_size)
-        index = np.arange(blocks, dtype=np.int64)
-        states = batfmt.states(self.bat[index + index // self.chunk_ratio])
+        states = batfmt.payload_states(
+            self.bat, self.chunk_ratio, batfmt.data_blocks(self.virtual_size, self.block_size)
+        )
         file_data = (
             None
             if self.overlay
             else ranges.SortedRanges(self.file_data(self.file_size))
         )
-        for block in np.flatnonzero(np.isin(states, batfmt.HOLDS_DATA)):
+        for block in np.flatnonzero(batfmt.state_in(states, batfmt.HOLDS_DATA)):
             block = int(block)
             start = block * self.block_size
             end = min(start + self.block_size, self.virtual_size)
@@ -499,63 +499,65 @@ def _read_bat(disk: VhdxDisk) -> None:
             "vhdx.bat-too-small",
             f"BAT region of {region.length} bytes cannot hold the {entries} entries the disk needs",
         )
-    bat = batfmt.parse_bat(disk.pread(region.file_offset, entries * 8), entries)
     # A dynamic file's table may stop after the last payload entry (spec 2.5): padded to whole
     # chunks, every block has a sector bitmap entry (NOT_PRESENT) to look up.
     whole_chunks = batfmt.total_entries(
         disk.virtual_size, disk.block_size, disk.logical_sector_size, has_parent=True
     )
     disk.bat = np.zeros(whole_chunks, dtype=batfmt.BAT_DTYPE)
-    disk.bat[:entries] = bat
+    bat = disk.bat[:entries]
+    disk.file_readinto(memoryview(bat).cast("B"), region.file_offset)  # in place: no second copy
     _check_bat(disk, bat)
     _check_bitmaps(disk)
 
 
 def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
-    index = np.arange(len(bat))
-    is_bitmap = index % (disk.chunk_ratio + 1) == disk.chunk_ratio
+    bitmaps = slice(disk.chunk_ratio, None, disk.chunk_ratio + 1)  # every (ratio + 1)th entry
     states = batfmt.states(bat)
-    payload_ok = np.isin(states, [s.value for s in PayloadState])
+    payload_states = set(PayloadState)
     if not disk.has_parent:
         # PARTIALLY_PRESENT is defined only for differencing files (spec 2.5.1.1).
-        payload_ok &= states != PayloadState.PARTIALLY_PRESENT
-    bitmap_ok = np.isin(states, [s.value for s in batfmt.BitmapState])
-    bad = np.flatnonzero(np.where(is_bitmap, ~bitmap_ok, ~payload_ok))
+        payload_states.discard(PayloadState.PARTIALLY_PRESENT)
+    valid = batfmt.state_in(states, payload_states)
+    valid[bitmaps] = batfmt.state_in(states[bitmaps], batfmt.BitmapState)
+    bad = np.flatnonzero(~valid)
     if len(bad):
         i = int(bad[0])
         raise disk.refuse(
             "vhdx.bat-state",
             f"BAT entry {i} has invalid state {int(states[i])} ({len(bad)} such entries)",
         )
+    holds = batfmt.state_in(states, batfmt.HOLDS_DATA)
+    holds[bitmaps] = states[bitmaps] == batfmt.BitmapState.PRESENT
+    # Offsets and sizes of the blocks holding data only: memory grows with the data, not the
+    # table (a 64 TiB disk of 1 MiB blocks has a 512 MiB table, held once)
+    held = np.flatnonzero(holds)
+    offsets = batfmt.offsets(bat[held])
+    is_bitmap = held % (disk.chunk_ratio + 1) == disk.chunk_ratio
     sizes = np.where(is_bitmap, batfmt.SECTOR_BITMAP_BLOCK_SIZE, disk.block_size).astype(np.uint64)
-    holds = np.where(
-        is_bitmap, states == batfmt.BitmapState.PRESENT, np.isin(states, batfmt.HOLDS_DATA)
-    )
-    offsets = batfmt.offsets(bat)
-    low = holds & (offsets < HEADER_SECTION)
     end = np.uint64(disk.replayed_size)
-    past = holds & ((offsets > end) | (end - offsets < sizes))  # offset + size could wrap past 2^64
     checks = [
-        (low, "vhdx.bat-in-header", "inside the 1 MiB header section"),
-        (past, "vhdx.bat-past-eof", f"past the end of the {disk.replayed_size}-byte file"),
+        (offsets < HEADER_SECTION, "vhdx.bat-in-header", "inside the 1 MiB header section"),
+        # offset + size could wrap past 2^64
+        ((offsets > end) | (end - offsets < sizes), "vhdx.bat-past-eof",
+         f"past the end of the {disk.replayed_size}-byte file"),
     ]
     for name, start, stop in fixed_areas(disk)[1:]:
         # QEMU vhdx_open checks each block against the regions it registered. A clean file's
         # log fields are not checked elsewhere: they may run past 2^64.
         start, stop = (np.uint64(min(x, np.iinfo(np.uint64).max)) for x in (start, stop))
-        inside = holds & (offsets < stop) & (offsets + sizes > start)
-        checks.append((inside, "vhdx.bat-in-region", f"into the {name} (bytes {start}-{stop})"))
+        checks.append(((offsets < stop) & (offsets + sizes > start), "vhdx.bat-in-region",
+                       f"into the {name} (bytes {start}-{stop})"))
     for mask, code, what in checks:
         hits = np.flatnonzero(mask)
         if len(hits):
-            i = int(hits[0])
+            i = int(held[hits[0]])
             raise disk.refuse(
                 code,
-                f"BAT entry {i} points to offset {int(offsets[i])}, {what} "
+                f"BAT entry {i} points to offset {int(offsets[hits[0]])}, {what} "
                 f"({len(hits)} such entries)",
             )
-    used = np.flatnonzero(holds)
-    order = used[np.argsort(offsets[used], kind="stable")]
+    order = np.argsort(offsets, kind="stable")
     # Sorted by offset, some two blocks overlap exactly when some block starts before the one
     # before it ends (vhd-util's "clobbers block" for VHD; bat.overlap in check).
     clash = np.flatnonzero(offsets[order][1:] < (offsets + sizes)[order][:-1])
@@ -563,8 +565,9 @@ def _check_bat(disk: VhdxDisk, bat: np.ndarray) -> None:
         a, b = int(order[clash[0]]), int(order[clash[0] + 1])
         raise disk.refuse(
             "vhdx.bat-overlap",
-            f"BAT entries {a} and {b} point to overlapping blocks at offsets {int(offsets[a])} and "
-            f"{int(offsets[b])} ({len(clash)} such pairs): writing one corrupts the other",
+            f"BAT entries {int(held[a])} and {int(held[b])} point to overlapping blocks at offsets "
+            f"{int(offsets[a])} and {int(offsets[b])} ({len(clash)} such pairs): writing one "
+            "corrupts the other",
         )
 
 

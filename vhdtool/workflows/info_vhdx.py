@@ -116,11 +116,8 @@ def metadata_fields(disk: VhdxDisk) -> dict[str, Any]:
 
 def bat_summary(disk: VhdxDisk) -> dict[str, Any]:
     """Payload blocks by state, and sector bitmap blocks present (spec 2.5.1)."""
-    import numpy as np
-
     blocks = batfmt.data_blocks(disk.virtual_size, disk.block_size)
-    index = np.arange(blocks, dtype=np.int64)
-    states = batfmt.states(disk.bat[index + index // disk.chunk_ratio])
+    states = batfmt.payload_states(disk.bat, disk.chunk_ratio, blocks)
     bitmaps = batfmt.states(disk.bat[disk.chunk_ratio :: disk.chunk_ratio + 1])
     return {
         "entries": batfmt.total_entries(

@@ -5,7 +5,6 @@ from enum import IntEnum
 
 import numpy as np
 
-from vhdtool.errors import FormatError
 from vhdtool.format.vhdx.fields import MiB
 from vhdtool.ranges import ceil_div
 
@@ -65,14 +64,23 @@ def bitmap_index(block: int, ratio: int) -> int:
     return (block // ratio) * (ratio + 1) + ratio
 
 
-def parse_bat(data: bytes, entries: int) -> np.ndarray:
-    if len(data) < entries * BAT_DTYPE.itemsize:
-        raise FormatError(f"BAT of {entries:,} entries is cut short: only {len(data):,} bytes read")
-    return np.frombuffer(data, dtype=BAT_DTYPE, count=entries)
-
-
 def states(bat: np.ndarray) -> np.ndarray:
-    return (bat & STATE_MASK).astype(np.uint8)
+    """Each entry's state (uint8), from its low byte: no uint64 temporary (a 64 TiB disk of
+    1 MiB blocks has a 512 MiB table)."""
+    return bat[..., np.newaxis].view(np.uint8)[..., 0] & STATE_MASK
+
+
+def state_in(states: np.ndarray, wanted) -> np.ndarray:
+    """Whether each state is one of `wanted`, by table lookup (np.isin would sort an int64
+    copy of a table-sized array)."""
+    table = np.zeros(STATE_MASK + 1, dtype=bool)
+    table[[int(state) for state in wanted]] = True
+    return table[states]
+
+
+def payload_states(bat: np.ndarray, ratio: int, blocks: int) -> np.ndarray:
+    """The states of payload blocks 0..blocks-1 of a table padded to whole chunks."""
+    return states(bat.reshape(-1, ratio + 1)[:, :ratio]).reshape(-1)[:blocks]
 
 
 def offsets(bat: np.ndarray) -> np.ndarray:
