@@ -72,6 +72,10 @@ class Disk:
     def allocated(self) -> Iterator[ranges.Range]:
         raise NotImplementedError
 
+    def file_readinto(self, buf: memoryview, offset: int) -> None:
+        """Fill `buf` from the image file at `offset` (see preadinto)."""
+        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
+
     def file_data(self, end: int) -> Iterator[ranges.Range]:
         """The file's data extents below `end` (SEEK_DATA/SEEK_HOLE), then a check that the file
         is no shorter than when it was opened: the part cut off would pass for holes."""
@@ -201,7 +205,7 @@ class FlatDisk(Disk):
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self._check_range(offset, len(buf))
-        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
+        self.file_readinto(buf, offset)
 
     def allocated(self) -> Iterator[ranges.Range]:
         return self.file_data(self.virtual_size)
@@ -244,7 +248,7 @@ class SparseDisk(Disk):
 
     def _read_bitmap(self, block: int) -> np.ndarray:
         raw = bytearray(self.bitmap_size)
-        preadinto(self.fd, memoryview(raw), self.block_entry(block) * SECTOR, self.file_size, self.direct_fd)
+        self.file_readinto(memoryview(raw), self.block_entry(block) * SECTOR)
         flags = bitmap_sectors(bytes(raw), self.sectors_per_block)
         flags.setflags(write=False)
         return flags
@@ -262,7 +266,7 @@ class SparseDisk(Disk):
         window = flags[first:last]
         data_offset = self.block_data_offset(block)
         if window.all():
-            preadinto(self.fd, view, data_offset + within, self.file_size, self.direct_fd)
+            self.file_readinto(view, data_offset + within)
             return
         block_start = block * self.block_size
         present = ranges.true_runs(window, SECTOR, first * SECTOR)
@@ -271,7 +275,7 @@ class SparseDisk(Disk):
             s, e = max(s, within), min(e, within + len(view))
             part = view[s - within : e - within]
             if is_present:
-                preadinto(self.fd, part, data_offset + s, self.file_size, self.direct_fd)
+                self.file_readinto(part, data_offset + s)
             else:
                 self._fill_absent(block_start + s, part)
 

@@ -17,7 +17,7 @@ from construct import Container
 
 from vhdtool import ranges
 from vhdtool.disk.file import naming
-from vhdtool.disk.image import Disk, open_readonly, preadinto, zero
+from vhdtool.disk.image import Disk, open_readonly, zero
 from vhdtool.disk.vhdx_errors import Finding, VhdxError
 from vhdtool.disk.vhdx_log import Overlay, replay
 from vhdtool.errors import FormatError
@@ -99,7 +99,8 @@ class VhdxDisk(Disk):
         return bytes(buf)
 
     def file_readinto(self, buf: memoryview, offset: int) -> None:
-        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
+        """The file's bytes as they read after the log's replay."""
+        super().file_readinto(buf, offset)
         if self.overlay is not None:
             self.overlay.patch(buf, offset)
 

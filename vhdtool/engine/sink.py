@@ -12,9 +12,10 @@ the page cache, without evicting the cache (on a full cache, taking pages for 1.
 writes cost 0.3 to 3 s of system time here against 0.05 s direct), and the final fsync has
 only metadata left. Only whole filesystem blocks (4 KiB at least) of a run go direct, so no
 block is ever written both ways at once (the kernel keeps direct and cached writes coherent,
-but not a block cached by one thread while another writes it directly); the run's edges, short runs and everything on a
-filesystem without O_DIRECT take the paths above, with writeback started every few MiB so
-the disk works while the copy goes on and the final fsync finds little left to do.
+but not a block cached by one thread while another writes it directly); the run's edges,
+short runs and everything on a filesystem without O_DIRECT take the paths above, with
+writeback started every few MiB so the disk works while the copy goes on and the final fsync
+finds little left to do.
 """
 
 from __future__ import annotations
