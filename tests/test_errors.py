@@ -60,3 +60,28 @@ def test_a_name_with_a_newline_cannot_forge_report_lines(cli, tmp_path):
     assert echoed.stdout == str(name)
     outcome = cli("convert", "-q", str(name), str(tmp_path / "out.raw"), "--to", "raw")
     assert outcome.code == 0 and len(outcome.out.splitlines()) == 1 and outcome.out.startswith("wrote ")
+
+
+def test_strings_from_an_image_cannot_break_a_report_line(tmp_path, capsys):
+    """A VHD header's parent name (any bytes the image holds) in info's text, a finding's
+    message in check's, and an error on stderr: each stays one line, escape sequences
+    escaped, secrets redacted."""
+    from vhdtool.disk.findings import Report, Target
+    from vhdtool.workflows.check.render import render_text
+    from vhdtool.workflows.report import print_info
+    from vhdtool.cli import echo_lines, fail
+
+    forged = "base.vhd\nverdict: OK for target azure\x1b[2J?sig=SECRET"
+    print_info({"path": "child.vhd", "type": "vhd", "dynamic_header": {
+        "parent_name": forged, "parent_locators": [{"platform_code": "W2ku", "path": forged, "data_length": 1,
+                                                     "data_space": 512, "data_offset": 0}]}})
+    report = Report("child.vhd", Target.AZURE)
+    report.add("parent.missing", f"parent {forged} not found")
+    echo_lines(render_text(report))
+    with pytest.raises(SystemExit):
+        fail(f"error: {forged}", 2)
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert "\x1b" not in text and "SECRET" not in text
+        assert not any(line.startswith("verdict: OK") for line in text.splitlines())
+    assert out.count("base.vhd\\nverdict: OK for target azure\\x1b[2J?sig=REDACTED") == 3

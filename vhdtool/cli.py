@@ -7,7 +7,7 @@ and start-up stay fast. Errors are one line on stderr with the documented exit c
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 
 from vhdtool.errors import EXIT_UNUSABLE, NotVhdError, VhdError
-from vhdtool.redaction import redact, shown
+from vhdtool.redaction import one_line, redact, shown
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
@@ -108,6 +108,12 @@ class CreateType(str, Enum):
     dynamic = "dynamic"
 
 
+def echo_lines(lines: Iterable[str]) -> None:
+    """A text report, each line kept one line whatever it quotes from an image, a file name or
+    a store record (redaction.one_line)."""
+    typer.echo("\n".join(one_line(line) for line in lines))
+
+
 def emit_json(data: Any) -> None:
     import json  # here: only --json needs it
 
@@ -123,7 +129,7 @@ def result_dict(result: Any, **extra: Any) -> dict[str, Any]:
 
 
 def warn(message: str) -> None:
-    typer.echo(f"vhdtool: warning: {redact(message)}", err=True)
+    typer.echo(f"vhdtool: warning: {one_line(message)}", err=True)
 
 
 def size_arg(text: str) -> int:
@@ -353,7 +359,7 @@ def check(
         dicts = [report.to_dict() for report in reports]
         emit_json(dicts[0] if len(dicts) == 1 else dicts)
     else:
-        typer.echo("\n\n".join("\n".join(render_text(report)) for report in reports))
+        echo_lines([line for n, report in enumerate(reports) for line in ([""] if n else []) + render_text(report)])
     sys.exit(max(report.exit_code for report in reports))
 
 
@@ -390,7 +396,7 @@ def prepare(
         typer.echo(f"{shown(src)} already passes check --target {target}: nothing written")
     else:
         typer.echo(f"wrote {shown(done.output)}: fixed, {format_change(done.old_size, done.new_size)}")
-    typer.echo("\n".join(render_text(done.report)))
+    echo_lines(render_text(done.report))
     sys.exit(done.report.exit_code)
 
 
@@ -400,7 +406,7 @@ ConnOpt = Annotated[Optional[str], typer.Option("--connection-string", help="Azu
 
 
 def note(message: str) -> None:
-    typer.echo(f"vhdtool: {redact(message)}", err=True)
+    typer.echo(f"vhdtool: {one_line(message)}", err=True)
 
 
 @app.command()
@@ -555,7 +561,7 @@ def bench(
         if not plot.parent.is_dir():
             raise VhdError("folder does not exist", plot.parent)
     report = run_bench(BenchOptions(size_arg(size), data, runs, folder or Path(tempfile.gettempdir()), blob))
-    emit_json(report_json(report)) if as_json else typer.echo("\n".join(table(report)))
+    emit_json(report_json(report)) if as_json else echo_lines(table(report))
     if plot is not None:
         from vhdtool.workflows.bench.plot import ratio_chart
 
@@ -632,7 +638,7 @@ def image_capture(
         hyper_v_generation=hyper_v_generation,
     )
     record = capture(image_store(store, container, connection_string, access(auth, allow_http)), request, log=note)
-    emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
+    emit_json(record) if as_json else echo_lines(image_lines(record))
 
 
 @image_app.command("list")
@@ -649,7 +655,7 @@ def image_list(
     from vhdtool.workflows.vmimage.render import list_lines
 
     rows = list_images(image_store(store, container, connection_string, access(auth, allow_http)))
-    emit_json(rows) if as_json else typer.echo("\n".join(list_lines(rows)))
+    emit_json(rows) if as_json else echo_lines(list_lines(rows))
 
 
 @image_app.command("show")
@@ -667,7 +673,7 @@ def image_show(
     from vhdtool.workflows.vmimage.render import image_lines
 
     record = load_image(image_store(store, container, connection_string, access(auth, allow_http)), name)
-    emit_json(record) if as_json else typer.echo("\n".join(image_lines(record)))
+    emit_json(record) if as_json else echo_lines(image_lines(record))
 
 
 @image_app.command("deploy")
@@ -692,7 +698,7 @@ def image_deploy(
     from vhdtool.workflows.vmimage.render import vm_lines
 
     record = deploy(image_store(store, container, connection_string, access(auth, allow_http)), name, vm, log=note)
-    emit_json(record) if as_json else typer.echo("\n".join(vm_lines(record)))
+    emit_json(record) if as_json else echo_lines(vm_lines(record))
 
 
 @image_app.command("delete")
@@ -714,7 +720,7 @@ def image_delete(
     from vhdtool.workflows.vmimage.render import delete_lines
 
     result = delete_image(image_store(store, container, connection_string, access(auth, allow_http)), name, delete_disks)
-    emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
+    emit_json(result) if as_json else echo_lines(delete_lines(result))
 
 
 @image_app.command("orphans")
@@ -743,10 +749,10 @@ def image_orphans(
         raise VhdError("--delete deletes every orphaned VHD for good: add --yes to confirm")
     if clean or delete:
         result = clean_orphans(chosen, everything=delete, log=note)
-        emit_json(result) if as_json else typer.echo("\n".join(clean_lines(result)))
+        emit_json(result) if as_json else echo_lines(clean_lines(result))
         return
     found = [e.to_dict() for e in orphans(chosen)]
-    emit_json(found) if as_json else typer.echo("\n".join(orphan_lines(found)))
+    emit_json(found) if as_json else echo_lines(orphan_lines(found))
 
 
 @image_app.command("vms")
@@ -763,7 +769,7 @@ def image_vms(
     from vhdtool.workflows.vmimage.render import vms_lines
 
     rows = list_vms(image_store(store, container, connection_string, access(auth, allow_http)))
-    emit_json(rows) if as_json else typer.echo("\n".join(vms_lines(rows)))
+    emit_json(rows) if as_json else echo_lines(vms_lines(rows))
 
 
 @image_app.command("vm-delete")
@@ -785,7 +791,7 @@ def image_vm_delete(
     from vhdtool.workflows.vmimage.render import delete_lines
 
     result = delete_vm(image_store(store, container, connection_string, access(auth, allow_http)), name, delete_disks)
-    emit_json(result) if as_json else typer.echo("\n".join(delete_lines(result)))
+    emit_json(result) if as_json else echo_lines(delete_lines(result))
 
 
 class Interrupted(VhdError):
@@ -805,7 +811,7 @@ def resumable(what: str) -> Iterator[None]:
 
 def fail(message: str, code: int) -> NoReturn:
     """The one place a message reaches stderr on failure: one line, secrets redacted."""
-    typer.echo(f"vhdtool: {redact(' '.join(message.split()))}", err=True)
+    typer.echo(f"vhdtool: {one_line(' '.join(message.split()))}", err=True)
     sys.exit(code)
 
 

@@ -43,6 +43,13 @@ def shown(name: object) -> str:
     return f'"{c_escaped(text, chr(34))}"' if has_control(text) else text
 
 
+def one_line(text: str) -> str:
+    """A line of a text report, whatever the image or the file names put in it: redacted, and
+    any control character as a C escape (a parent path stored as "x\\nverdict: OK" in an
+    image would otherwise print as two lines; an escape sequence would drive the terminal)."""
+    return _CONTROL.sub(_escape, redact(text))
+
+
 def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 

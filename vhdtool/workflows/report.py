@@ -7,11 +7,16 @@ from typing import Any
 import typer
 
 from vhdtool.disk.partitions import render_dict
-from vhdtool.redaction import shown
+from vhdtool.redaction import one_line, shown
 from vhdtool.units import format_size
 
 _SIZE_KEYS = {"virtual_size", "file_size", "allocated_on_disk", "original_size", "current_size",
               "capacity", "block_size", "qemu_7_2_virtual_size", "virtual_disk_size"}
+
+
+def say(line: str) -> None:
+    """Print one line of the report, one line whatever the image's strings hold (one_line)."""
+    typer.echo(one_line(line))
 
 
 def value_text(key: str, value: Any) -> str:
@@ -29,13 +34,13 @@ _LABELS = {"qemu_7_2_virtual_size": "qemu-img 7.2 reads"}
 
 def print_table(title: str, rows: dict[str, Any], indent: int = 0) -> None:
     pad = " " * indent
-    typer.echo(f"{pad}{title}")
+    say(f"{pad}{title}")
     width = max((len(k) for k in rows), default=0)
     for key, value in rows.items():
         if isinstance(value, (list, dict)) and key != "geometry":
             continue
         label = _LABELS.get(key, key.replace("_", " "))
-        typer.echo(f"{pad}  {label:<{width}}  {value_text(key, value)}")
+        say(f"{pad}  {label:<{width}}  {value_text(key, value)}")
 
 
 def print_info(data: dict[str, Any]) -> None:
@@ -50,25 +55,25 @@ def print_info(data: dict[str, Any]) -> None:
         print_table("Dynamic header", header)
         for loc in header["parent_locators"]:
             # Shown as stored: a Windows path keeps its single backslashes.
-            typer.echo(f"  locator {loc['platform_code']}: {loc['path']} "
+            say(f"  locator {loc['platform_code']}: {loc['path']} "
                        f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
     for parent in data.get("parent_chain", []):
         print_table(f"Parent {shown(parent['path'])}", {k: v for k, v in parent.items()
                                                  if not isinstance(v, (dict, list))})
         if "footer" in parent:
-            typer.echo(f"  unique id  {parent['footer']['unique_id']}")
+            say(f"  unique id  {parent['footer']['unique_id']}")
         if "headers" in parent:
-            typer.echo(f"  data write guid  {current_header(parent)['data_write_guid']}")
+            say(f"  data write guid  {current_header(parent)['data_write_guid']}")
     if "partitions" in data:
-        typer.echo("Partitions")
+        say("Partitions")
         for line in render_dict(data["partitions"]):
-            typer.echo(f"  {line}")
+            say(f"  {line}")
     findings = data.get("findings", [])
     if findings:
-        typer.echo("Findings (vhdtool check explains each)")
+        say("Findings (vhdtool check explains each)")
         width = max(len(f["code"]) for f in findings)
         for f in findings:
-            typer.echo(f"  {f['severity']:<7} {f['code']:<{width}}  {f['message']}")
+            say(f"  {f['severity']:<7} {f['code']:<{width}}  {f['message']}")
 
 
 def current_header(data: dict[str, Any]) -> dict[str, Any]:
@@ -82,17 +87,17 @@ def print_vhdx(data: dict[str, Any]) -> None:
         print_table(f"Header {h['number']} at {h['offset']:,} ({state})",
                     {k: v for k, v in h.items() if k not in ("number", "offset", "valid", "current")})
     if "regions" in data:
-        typer.echo("Region table")
+        say("Region table")
         for r in data["regions"]:
             required = ", required" if r["required"] else ""
-            typer.echo(f"  {r['name']:<8} {r['guid']}  at {r['file_offset']:,}, {format_size(r['length'])}{required}")
+            say(f"  {r['name']:<8} {r['guid']}  at {r['file_offset']:,}, {format_size(r['length'])}{required}")
     if "metadata" in data:
         print_table("Metadata", data["metadata"])
         locator = data["metadata"].get("parent_locator")
         if locator:
-            typer.echo(f"  parent locator ({locator['locator_type']})")
+            say(f"  parent locator ({locator['locator_type']})")
             for key, value in locator["entries"].items():
-                typer.echo(f"    {key}: {value}")  # as stored: Windows paths keep their backslashes
+                say(f"    {key}: {value}")  # as stored: Windows paths keep their backslashes
     if "bat" in data:
         bat = data["bat"]
         states = ", ".join(f"{n} {state}" for state, n in bat["block_states"].items() if n)
