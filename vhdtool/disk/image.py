@@ -54,7 +54,7 @@ class Disk:
 
     def __init__(self, path: Path, fd: int, st: os.stat_result):
         self.path, self.fd, self.stat = path, fd, st
-        self.direct_fd = direct.reopen(fd, os.O_RDONLY)  # for data the page cache does not hold
+        self.around = direct.reader(fd, st.st_size)  # for data the page cache does not hold
 
     @property
     def file_size(self) -> int:
@@ -74,7 +74,7 @@ class Disk:
 
     def file_readinto(self, buf: memoryview, offset: int) -> None:
         """Fill `buf` from the image file at `offset` (see preadinto)."""
-        preadinto(self.fd, buf, offset, self.file_size, self.direct_fd)
+        preadinto(self.fd, buf, offset, self.file_size, self.around)
 
     def file_data(self, end: int) -> Iterator[ranges.Range]:
         """The file's data extents below `end` (SEEK_DATA/SEEK_HOLE), then a check that the file
@@ -121,9 +121,9 @@ class Disk:
             if disk.fd >= 0:
                 os.close(disk.fd)
                 disk.fd = -1
-            if disk.direct_fd is not None:
-                os.close(disk.direct_fd)
-                disk.direct_fd = None
+            if disk.around is not None:
+                disk.around.close()
+                disk.around = None
 
     def __enter__(self) -> Self:
         return self
@@ -143,17 +143,18 @@ def zero(buf: memoryview) -> None:
     np.frombuffer(buf, dtype=np.uint8)[:] = 0
 
 
-def preadinto(fd: int, buf: memoryview, offset: int, size: int, direct_fd: int | None = None) -> None:
+def preadinto(fd: int, buf: memoryview, offset: int, size: int, around: direct.Reader | None = None) -> None:
     """Fill `buf` from the file at `offset`; bytes at or past `size`, the file's size when it
     was opened, read as zeros (a VHDX log may extend the file), but a file ending before it
-    was cut short while being read: an OSError, never zeros in place of its data. Given `direct_fd`
-    (the file opened with O_DIRECT), a read whose pages the page cache holds none of goes
+    was cut short while being read: an OSError, never zeros in place of its data. Given `around`
+    (the file's way around the page cache), a read whose pages the page cache holds none of goes
     around the cache (see vhdtool.disk.direct), short ones too: a short read through it would
     cache the page it shares with the next piece (a dynamic VHD's next bitmap and block), and
     that piece would then go through the cache."""
     done = 0
-    if direct_fd is not None and buf and direct.none_cached(fd, offset, len(buf)):
-        done = _read_direct(direct_fd, buf, offset)
+    if around is not None and buf and around.none_cached(offset, len(buf)):
+        done = _read_direct(around.fd, buf, offset)
+    direct.note_read(done > 0)
     while done < len(buf):
         n = os.preadv(fd, [buf[done:]], offset + done)
         if n == 0:
