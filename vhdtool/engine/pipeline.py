@@ -2,8 +2,9 @@
 
 One implementation for every command that moves image data (snapshot, map, convert, upload):
 
-1. allocation: `source.allocated()` (SEEK_DATA/SEEK_HOLE for files, BAT and sector bitmaps
-   for dynamic and differencing images) decides what is read at all;
+1. allocation: `source.allocated()` (SEEK_DATA/SEEK_HOLE for files, the BAT for dynamic and
+   differencing images, whose reads then skip the sectors their bitmaps mark absent) decides
+   what is read at all;
 2. zero detection: allocated data is read chunk by chunk into a fixed pool of reused buffers
    (readinto page-aligned uint64 arrays, no copies) and numpy OR-reduces each page
    (`granularity` bytes, default 512, Azure's page size); all-zero pages are dropped;
