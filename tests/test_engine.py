@@ -535,19 +535,6 @@ def test_reads_from_the_cache_keep_no_more_in_flight_than_cpus(monkeypatch, arou
         assert source.most["vhdtool-read"] == 8 and source.most["vhdtool-scan"] == 2
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts no thread on one CPU")
-def test_the_command_line_starts_no_blas_threads():
-    """numpy's OpenBLAS starts a polling thread per CPU at import; vhdtool does no linear
-    algebra, and those threads took 3% of a warm snapshot's CPU time."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    count = "import vhdtool.cli, numpy, os; print(len(os.listdir('/proc/self/task')))"
-    out = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
-
-
 def test_each_bitmap_is_read_once_per_scan(monkeypatch):
     """Several scanning threads on a dynamic VHD share the kept bitmaps: read around the
     page cache, each re-read would be a trip to the disk."""

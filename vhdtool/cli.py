@@ -6,12 +6,7 @@ and start-up stay fast. Errors are one line on stderr with the documented exit c
 
 from __future__ import annotations
 
-import os
 import sys
-
-# numpy's OpenBLAS starts a thread per CPU that polls for work vhdtool never gives it (3% of
-# the CPU time of a warm snapshot): one thread, set before any command imports numpy.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
