@@ -14,8 +14,8 @@ it only warm is measured, and the output says so). Warm: the source is read into
 before every command. Commands run interleaved, in the orders of a Williams design (no command
 always follows the same one: this disk carries one command's read pattern into the next);
 medians, min-max, peak RSS. The floor (vhdtool.workflows.bench.floor) is measured in the same
-rounds: an O_DIRECT read of the source's data extents and a write + fsync of the bytes vhdtool writes;
-cold floor = their sum, warm floor = the write alone. Outputs are checked before timing:
+rounds: an O_DIRECT read of the source's data extents and a write + fsync of the bytes vhdtool
+writes; cold floor = their sum, warm floor = the write alone. Outputs are checked before timing:
 vhdtool's snapshot against its source (cmp), its conversion against qemu-img's (qemu-img
 compare).
 

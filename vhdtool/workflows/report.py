@@ -56,10 +56,10 @@ def print_info(data: dict[str, Any]) -> None:
         for loc in header["parent_locators"]:
             # Shown as stored: a Windows path keeps its single backslashes.
             say(f"  locator {loc['platform_code']}: {loc['path']} "
-                       f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
+                f"({loc['data_length']} of {loc['data_space']} bytes at {loc['data_offset']})")
     for parent in data.get("parent_chain", []):
-        print_table(f"Parent {shown(parent['path'])}", {k: v for k, v in parent.items()
-                                                 if not isinstance(v, (dict, list))})
+        print_table(f"Parent {shown(parent['path'])}",
+                    {k: v for k, v in parent.items() if not isinstance(v, (dict, list))})
         if "footer" in parent:
             say(f"  unique id  {parent['footer']['unique_id']}")
         if "headers" in parent:
